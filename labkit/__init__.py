@@ -1,0 +1,28 @@
+"""labkit — a Jupyter-first course and lab kit on learning from, and attacking, neural-network weights.
+
+Notebooks start with ``cfg = labkit.setup(profile, lab="04")``; submodules (``labkit.report``,
+``labkit.exercises``, ``labkit.zoo``, …) are imported on first use so ``import labkit`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+__all__ = ["setup", "__version__"]
+
+_SUBMODULES = {"course", "data", "exercises", "models", "nbtools", "plots", "report", "runner", "session",
+               "spectra", "train", "widgets", "zoo", "methods", "benchmarks", "lora"}
+
+
+def setup(*args, **kwargs):
+    """See :func:`labkit.session.setup`."""
+    from labkit.session import setup as _setup
+
+    return _setup(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"labkit.{name}")
+    raise AttributeError(f"module 'labkit' has no attribute {name!r}")

@@ -1,0 +1,146 @@
+"""Session setup: profiles, device, seeds, threads and paths (DESIGN §4).
+
+Every notebook starts with a literals-only ``parameters`` cell (``profile = "workshop"``) followed by::
+
+    cfg = labkit.setup(profile, lab="04")
+
+which resolves the profile (the environment variable ``LABKIT_PROFILE`` wins over the notebook's value, since
+nbval cannot inject parameters), picks the device (cuda → mps → cpu), seeds torch / numpy / random, sets the
+torch thread count, resolves the kit's folders and prints one banner line.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labkit.course import LABS, lab_info
+
+__all__ = ["PROFILES", "Config", "Profile", "ProfileError", "resolve_profile", "pick_device", "setup", "kit_home"]
+
+
+class ProfileError(ValueError):
+    """An unknown profile name."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named size of every lab: how big the zoos are and how long a notebook may take."""
+
+    name: str
+    purpose: str
+    budget_cpu_s: float  # per-notebook budget on a 2-core CPU
+    budget_gpu_s: float  # per-notebook budget on one GPU
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", "CI and tests: tiny zoos, sanity-level numbers", 90, 60),
+    "workshop": Profile("workshop", "people: the paper's effect, clearly, in minutes", 600, 120),
+    "full": Profile("full", "replication on a GPU: paper-scale settings, public benchmarks", 4 * 3600, 3600),
+}
+
+
+@dataclass
+class Config:
+    """What ``setup`` resolved. Labs read sizes from ``profile`` and put tensors on ``device``."""
+
+    profile: str
+    device: torch.device
+    seed: int
+    threads: int
+    home: Path
+    lab: str | None = None
+    expected_minutes: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def smoke(self) -> bool:
+        return self.profile == "smoke"
+
+    def pick(self, smoke, workshop, full=None):
+        """Choose a value by profile: ``cfg.pick(smoke=8, workshop=64, full=512)`` (full defaults to workshop)."""
+        return {"smoke": smoke, "workshop": workshop, "full": workshop if full is None else full}[self.profile]
+
+    def banner(self) -> str:
+        what = f"lab {self.lab}" if self.lab else "labkit"
+        eta = f"~{self.expected_minutes:g} min expected" if self.expected_minutes is not None else "time unknown"
+        return (
+            f"{what} | profile={self.profile} | device={self.device} ({self.threads} threads) | "
+            f"{eta} | seed={self.seed} | zoos in {self.home}"
+        )
+
+
+def resolve_profile(profile: str | None) -> str:
+    """Return the profile to use: ``$LABKIT_PROFILE`` if set, else ``profile``; reject unknown names."""
+    name = os.environ.get("LABKIT_PROFILE") or profile or "workshop"
+    name = name.strip().lower()
+    if name not in PROFILES:
+        raise ProfileError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return name
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``"auto"`` → cuda if available, else mps, else cpu; anything else is passed to ``torch.device``."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def kit_home() -> Path:
+    """The folder that holds zoos and caches: ``$LABKIT_HOME``, else ``.labkit`` in the checkout, else ``./.labkit``."""
+    env = os.environ.get("LABKIT_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "notebooks").is_dir():
+        return checkout / ".labkit"
+    return Path(".labkit").resolve()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup(
+    profile: str | None = "workshop",
+    *,
+    lab: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    threads: int | None = None,
+    quiet: bool = False,
+) -> Config:
+    """Resolve a session for one notebook and print its banner line (DESIGN §4).
+
+    ``lab`` is the notebook's two-digit number ("00".."05"); it selects the expected time shown in the banner
+    and names the notebook in the metrics that ``labkit.report.record`` writes.
+    """
+    name = resolve_profile(profile)
+    if lab is not None and lab not in LABS:
+        raise ValueError(f"unknown lab {lab!r}; labs are {', '.join(LABS)}")
+    dev = pick_device(os.environ.get("LABKIT_DEVICE", device))
+    n_threads = threads or min(os.cpu_count() or 1, 8)
+    torch.set_num_threads(n_threads)
+    seed_everything(seed)
+    home = kit_home()
+    expected = lab_info(lab).minutes(name, dev.type) if lab is not None else None
+    cfg = Config(name, dev, seed, n_threads, home, lab, expected)
+
+    from labkit import report  # late import: report imports nothing heavy, but keeps this module standalone
+
+    report.start(cfg)
+    if not quiet:
+        print(cfg.banner())
+    return cfg

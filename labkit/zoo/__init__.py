@@ -1,0 +1,51 @@
+"""Model zoos: the on-disk store and the recipes of the mini-jungle (DESIGN §3, §5).
+
+``labkit.zoo.build(recipe, cfg)`` returns a ``ZooStore`` for the recipe at the session's profile, building it
+first if needed (resuming a build that was interrupted) and serving it from the cache otherwise.
+
+A recipe is a module in ``labkit.zoo.recipes`` with two functions::
+
+    settings(profile: str) -> dict                       # JSON-able; its hash names the zoo folder
+    build(store: ZooStore, settings: dict, device) -> dict  # writes every model not yet in the store;
+                                                         # returns a summary (counts, timings)
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+from labkit.zoo.store import CorruptFileError, ZooError, ZooStore, zoo_key
+
+__all__ = ["RECIPES", "build", "recipe_module", "ZooStore", "ZooError", "CorruptFileError", "zoo_key"]
+
+# recipe name -> module under labkit.zoo.recipes (filled in as the mini-jungle grows)
+RECIPES: dict[str, str] = {}
+
+
+def recipe_module(name: str):
+    if name not in RECIPES:
+        known = ", ".join(sorted(RECIPES)) or "none yet"
+        raise ZooError(f"unknown zoo recipe {name!r}; available recipes: {known}")
+    return importlib.import_module(f"labkit.zoo.recipes.{RECIPES[name]}")
+
+
+def build(recipe: str, cfg=None, *, profile: str | None = None, home=None, **overrides) -> ZooStore:
+    """Build (or reuse) a zoo. ``cfg`` is what ``labkit.setup`` returned; ``overrides`` change settings."""
+    from labkit.session import pick_device, resolve_profile
+
+    module = recipe_module(recipe)
+    profile = cfg.profile if cfg is not None else resolve_profile(profile)
+    device = cfg.device if cfg is not None else pick_device()
+    settings = {**module.settings(profile), **overrides}
+    store = ZooStore.open(recipe, profile, settings, home=home)
+    if store.complete:
+        return store
+    with store.lock():
+        if not store.complete:
+            t0 = time.perf_counter()
+            summary = module.build(store, settings, device) or {}
+            summary.setdefault("seconds", round(time.perf_counter() - t0, 1))
+            summary.setdefault("models", len(store))
+            store.mark_complete(summary)
+    return store

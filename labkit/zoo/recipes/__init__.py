@@ -1,0 +1,1 @@
+"""Zoo recipes of the mini-jungle; each module provides settings(profile) and build(store, settings, device)."""
