@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["setup", "__version__"]
+__all__ = ["__version__", "setup"]
 
 _SUBMODULES = {"course", "data", "exercises", "models", "nbtools", "plots", "report", "runner", "session",
                "spectra", "train", "widgets", "zoo", "methods", "benchmarks", "lora"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LABS", "LabInfo", "lab_info", "course_table"]
+__all__ = ["LABS", "LabInfo", "course_table", "lab_info"]
 
 
 @dataclass(frozen=True)

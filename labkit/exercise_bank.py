@@ -23,3 +23,10 @@ def _energy_cases():
 
 register("00.energy", energy_fraction, _energy_cases,
          hint="torch.linalg.svdvals(W) gives σ largest first; return (σ[:k]²).sum() / (σ²).sum()")
+
+
+def hints() -> dict[str, str]:
+    """Exercise id → the hint the student copy's stub shows."""
+    from labkit.exercises import EXERCISES
+
+    return {ex_id: ex.hint for ex_id, ex in EXERCISES.items()}

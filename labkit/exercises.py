@@ -25,7 +25,7 @@ import torch
 
 from labkit import report
 
-__all__ = ["Exercise", "EXERCISES", "register", "check", "run_cases"]
+__all__ = ["EXERCISES", "Exercise", "check", "register", "run_cases"]
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,18 @@ from pathlib import Path
 
 import nbformat
 
-__all__ = ["NotebookError", "read_notebook", "parameters_cell", "parameter_values", "has_solution",
-           "exercise_ids", "student_source", "student_copy", "write_copies", "has_outputs"]
+__all__ = [
+    "NotebookError",
+    "exercise_ids",
+    "has_outputs",
+    "has_solution",
+    "parameter_values",
+    "parameters_cell",
+    "read_notebook",
+    "student_copy",
+    "student_source",
+    "write_copies",
+]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 _CHECK = re.compile(r"""exercises\.check\(\s*["']([\w.\-]+)["']""")

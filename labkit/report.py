@@ -26,8 +26,17 @@ from pathlib import Path
 
 from labkit.course import LABS, lab_of_stem
 
-__all__ = ["record", "record_exercise", "metrics", "write_json_atomic", "load_runs", "render_markdown",
-           "render_html", "write_report", "ReportError"]
+__all__ = [
+    "ReportError",
+    "load_runs",
+    "metrics",
+    "record",
+    "record_exercise",
+    "render_html",
+    "render_markdown",
+    "write_json_atomic",
+    "write_report",
+]
 
 METRICS_ENV = "LABKIT_METRICS"
 

@@ -18,7 +18,7 @@ from labkit.nbtools import NotebookError, parameter_values, read_notebook
 from labkit.report import write_json_atomic
 from labkit.session import resolve_profile
 
-__all__ = ["NotebookRun", "default_notebooks", "run_notebook", "find_notebooks"]
+__all__ = ["NotebookRun", "default_notebooks", "find_notebooks", "run_notebook"]
 
 
 @dataclass
@@ -67,11 +67,19 @@ def find_notebooks(names: list[str]) -> list[Path]:
     return out
 
 
+def _first_line(text) -> str:
+    return str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
+
+
 def _failure_line(exc, stem: str) -> str:
+    """'04_dsire failed in cell In [7] (`f = fit(...)`): ValueError: ...' from papermill's exception."""
     cell = getattr(exc, "exec_count", None)
-    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
-    where = f"cell [{cell}]" if cell is not None else "a cell"
-    return f"{stem} failed in {where}: {ename}: {str(evalue).strip().splitlines()[0] if evalue else ''}".rstrip()
+    where = f"cell In [{cell}]" if cell is not None else "a cell"
+    source = _first_line(getattr(exc, "source", ""))
+    if source:
+        where += f" (`{source[:60]}`)"
+    ename = getattr(exc, "ename", type(exc).__name__)
+    return f"{stem} failed in {where}: {ename}: {_first_line(getattr(exc, 'evalue', exc))}".rstrip()
 
 
 def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeout: float | None = None,
@@ -104,7 +112,7 @@ def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeo
     except papermill.PapermillExecutionError as e:
         error = _failure_line(e, path.stem)
     except Exception as e:  # kernel death, timeout: report as one line, keep going with other notebooks
-        error = f"{path.stem} failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+        error = f"{path.stem} failed: {type(e).__name__}: {_first_line(e)}"
     finally:
         for k, v in env_before.items():
             if v is None:

@@ -21,7 +21,7 @@ import torch
 
 from labkit.course import LABS, lab_info
 
-__all__ = ["PROFILES", "Config", "Profile", "ProfileError", "resolve_profile", "pick_device", "setup", "kit_home"]
+__all__ = ["PROFILES", "Config", "Profile", "ProfileError", "kit_home", "pick_device", "resolve_profile", "setup"]
 
 
 class ProfileError(ValueError):
@@ -109,7 +109,7 @@ def kit_home() -> Path:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (learners use the legacy global RNG too)
     torch.manual_seed(seed)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["singular_values", "energy_fraction"]
+__all__ = ["energy_fraction", "singular_values"]
 
 
 def _check_matrix(W: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["fit_classifier", "accuracy"]
+__all__ = ["accuracy", "fit_classifier"]
 
 
 def fit_classifier(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 20, lr: float = 3e-3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 
 from torch import nn
@@ -13,7 +14,7 @@ def make_mlp(n_in: int = 64, hidden: tuple[int, ...] = (128,), n_out: int = 10) 
     """``Linear → ReLU → … → Linear``; layer ``i`` is called ``fc{i}`` (weights ``fc{i}.weight: [d_out, d_in]``)."""
     sizes = [n_in, *hidden, n_out]
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), 1):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes), 1):
         layers[f"fc{i}"] = nn.Linear(a, b)
         if i < len(sizes) - 1:
             layers[f"act{i}"] = nn.ReLU()

@@ -17,10 +17,16 @@ import time
 
 from labkit.zoo.store import CorruptFileError, ZooError, ZooStore, zoo_key
 
-__all__ = ["RECIPES", "build", "recipe_module", "ZooStore", "ZooError", "CorruptFileError", "zoo_key"]
+__all__ = ["RECIPES", "CorruptFileError", "ZooError", "ZooStore", "build", "recipe_module", "zoo_key"]
 
 # recipe name -> module under labkit.zoo.recipes (filled in as the mini-jungle grows)
-RECIPES: dict[str, str] = {}
+RECIPES: dict[str, str] = {
+    "digit-trees": "digit_trees",
+    "digit-diffusion": "digit_diffusion",
+    "inr": "inr",
+    "cnn-zoo": "cnn_zoo",
+    "minilm-lora": "minilm_lora",
+}
 
 
 def recipe_module(name: str):

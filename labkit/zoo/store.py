@@ -32,8 +32,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ZooError", "CorruptFileError", "ZooStore", "zoo_key", "settings_hash", "sha256_file",
-           "canonical_safetensors", "save_safetensors", "read_safetensors"]
+__all__ = [
+    "CorruptFileError",
+    "ZooError",
+    "ZooStore",
+    "canonical_safetensors",
+    "read_safetensors",
+    "save_safetensors",
+    "settings_hash",
+    "sha256_file",
+    "zoo_key",
+]
 
 MODEL_FILE = "model.safetensors"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -116,7 +125,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CorruptFileError(f"{path} is corrupt or truncated ({e}); delete it and rebuild or re-download it") \
             from None

@@ -1,0 +1,134 @@
+"""The ``labkit`` command (DESIGN §7).
+
+    labkit run [NOTEBOOK ...] [--profile P] [--timeout S]   execute notebooks with papermill into runs/<P>/
+    labkit report [--profile P]                             every recorded metric next to the paper's number
+    labkit zoo build RECIPE [--profile P]                   build (or reuse) a mini-jungle zoo; prints its folder
+    labkit zoo verify PATH                                  check every model file of a zoo against its sha256
+    labkit student [--out DIR]                              student and instructor copies of every notebook
+
+Errors are one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _cmd_run(args) -> int:
+    from labkit.runner import find_notebooks, run_notebook
+    from labkit.session import resolve_profile
+
+    profile = resolve_profile(args.profile)
+    notebooks = find_notebooks(args.notebooks)
+    failed = []
+    for nb in notebooks:
+        print(f"labkit run: {nb.stem} (profile {profile}) …", flush=True)
+        result = run_notebook(nb, profile, runs_root=Path(args.runs), timeout=args.timeout)
+        if result.ok:
+            print(f"labkit run: {nb.stem} done in {result.seconds:.1f} s → {result.output}", flush=True)
+        else:
+            print(f"labkit run: {result.error} (executed copy: {result.output})", file=sys.stderr, flush=True)
+            failed.append(nb.stem)
+    if failed:
+        print(f"labkit run: {len(failed)} of {len(notebooks)} notebooks failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from labkit.report import write_report
+    from labkit.session import resolve_profile
+
+    out = write_report(Path(args.runs), resolve_profile(args.profile))
+    print(f"report (markdown): {out.with_suffix('.md')}")
+    print(out)
+    return 0
+
+
+def _cmd_zoo_build(args) -> int:
+    from labkit import zoo
+    from labkit.session import setup
+
+    cfg = setup(args.profile, quiet=True)
+    store = zoo.build(args.recipe, cfg)
+    summary = store.summary()
+    print(f"{args.recipe}: {len(store)} models ({summary.get('seconds', '?')} s to build)")
+    print(store.root)
+    return 0
+
+
+def _cmd_zoo_verify(args) -> int:
+    from labkit.zoo import ZooStore
+
+    store = ZooStore(args.path)
+    problems = store.verify_all()
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"{store.root}: {len(store)} models, {len(problems)} problems{'' if store.complete else ' (build incomplete)'}")
+    return 1 if problems else 0
+
+
+def _cmd_student(args) -> int:
+    from labkit.exercise_bank import hints
+    from labkit.nbtools import write_copies
+    from labkit.runner import default_notebooks
+
+    notebooks = default_notebooks()
+    if not notebooks:
+        raise FileNotFoundError("no notebooks found (looked for notebooks/*.ipynb)")
+    written = write_copies(notebooks, Path(args.out), hints())
+    print(f"wrote {len(written) // 2} student and {len(written) // 2} instructor notebooks")
+    print(Path(args.out).resolve())
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit", description="labkit: a lab kit on learning from model weights")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute notebooks with papermill into runs/<profile>/")
+    run.add_argument("notebooks", nargs="*", help="paths, names (04_dsire) or lab numbers (04); default: all")
+    run.add_argument("--profile", default=None, help="smoke | workshop | full (default: $LABKIT_PROFILE or workshop)")
+    run.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    run.add_argument("--runs", default="runs", help="output folder (default: runs)")
+    run.set_defaults(func=_cmd_run)
+
+    rep = sub.add_parser("report", help="write runs/<profile>/report.md and report.html")
+    rep.add_argument("--profile", default=None)
+    rep.add_argument("--runs", default="runs")
+    rep.set_defaults(func=_cmd_report)
+
+    zoo = sub.add_parser("zoo", help="build or check model zoos").add_subparsers(dest="zoo_command", required=True)
+    zb = zoo.add_parser("build", help="build (or reuse) a zoo; prints its folder last")
+    zb.add_argument("recipe")
+    zb.add_argument("--profile", default=None)
+    zb.set_defaults(func=_cmd_zoo_build)
+    zv = zoo.add_parser("verify", help="check a zoo's files against the manifest")
+    zv.add_argument("path")
+    zv.set_defaults(func=_cmd_zoo_verify)
+
+    st = sub.add_parser("student", help="write student and instructor copies of every notebook")
+    st.add_argument("--out", default="notebooks", help="writes OUT/student/ and OUT/instructor/ (default: notebooks)")
+    st.set_defaults(func=_cmd_student)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("labkit: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"labkit {args.command}: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
