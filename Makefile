@@ -24,35 +24,39 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
-export MPLBACKEND := Agg
 
-.PHONY: lab test jupyter student lint install clean
+.PHONY: lab test jupyter student lint install clean state
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+state:
+	@mkdir -p $(JUPYTER_CONFIG_DIR) $(JUPYTER_DATA_DIR) $(JUPYTER_RUNTIME_DIR) $(IPYTHONDIR) $(MPLCONFIGDIR) $(HF_HOME)
+
+$(STAMP): requirements.txt pyproject.toml | state
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "labkit needs Python >= 3.11, found " + sys.version.split()[0] + "; run: make PYTHON=python3.11 ...")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt -e .
+	@echo "labkit: installing the pinned environment into $(VENV) (a few minutes, once)"
+	set -o pipefail; $(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt -e . 2>&1 \
+		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(BIN)/python -m ipykernel install --sys-prefix --name labkit --display-name "Python (labkit)" >/dev/null
 	@touch $(STAMP)
 	@echo "labkit: environment ready in $(VENV)"
 
-lab: $(STAMP)
+lab: $(STAMP) state
 	$(BIN)/labkit run --profile $(PROFILE)
 	$(BIN)/labkit report --profile $(PROFILE)
 
-test: $(STAMP)
+test: $(STAMP) state
 	$(BIN)/ruff check labkit tests benchmarks data_scripts notebooks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-jupyter: $(STAMP)
+jupyter: $(STAMP) state
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
-student: $(STAMP)
+student: $(STAMP) state
 	$(BIN)/labkit student
 
-lint: $(STAMP)
+lint: $(STAMP) state
 	$(BIN)/ruff check labkit tests benchmarks data_scripts notebooks
 
 clean:

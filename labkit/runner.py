@@ -100,9 +100,10 @@ def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeo
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.unlink(missing_ok=True)  # never report numbers from an earlier run
 
-    env_before = {k: os.environ.get(k) for k in ("LABKIT_PROFILE", "LABKIT_METRICS")}
-    os.environ["LABKIT_PROFILE"] = profile
-    os.environ["LABKIT_METRICS"] = str(metrics.resolve())
+    kernel_env = {"LABKIT_PROFILE": profile, "LABKIT_METRICS": str(metrics.resolve()),
+                  "MPLBACKEND": "module://matplotlib_inline.backend_inline"}  # figures into the notebook
+    env_before = {k: os.environ.get(k) for k in kernel_env}
+    os.environ.update(kernel_env)
     error, t0 = None, time.perf_counter()
     try:
         papermill.execute_notebook(

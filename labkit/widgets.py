@@ -6,14 +6,25 @@ without a kernel (DESIGN §6).
 
 from __future__ import annotations
 
+import io
+
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
 
 from labkit.plots import layer_figure
 from labkit.spectra import energy_fraction
 
-__all__ = ["LayerExplorer", "layer_summary"]
+__all__ = ["LayerExplorer", "figure_png", "layer_summary"]
+
+
+def figure_png(fig, dpi: int = 90) -> bytes:
+    """Render a figure to PNG bytes and close it. Widgets show figures through an ``Image`` widget rather than an
+    ``Output`` widget: under papermill/nbclient, Output widgets that clear and redisplay occasionally leave the
+    client waiting forever for a message (nbclient issue 312), and an Image is also lighter to update."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def layer_summary(W: torch.Tensor, W_init: torch.Tensor | None = None, k: int = 5) -> dict[str, float]:
@@ -45,8 +56,8 @@ class LayerExplorer:
         self.k_slider = widgets.IntSlider(value=k, min=1, max=min(min(W.shape) for W in layers.values()),
                                           description="top k", continuous_update=False)
         self.label = widgets.Label()
-        self.out = widgets.Output()
-        self.widget = widgets.VBox([widgets.HBox([self.slider, self.k_slider]), self.label, self.out])
+        self.image = widgets.Image(format="png")
+        self.widget = widgets.VBox([widgets.HBox([self.slider, self.k_slider]), self.label, self.image])
         self.state: dict = {}
         self.slider.observe(lambda _: self.update(), names="value")
         self.k_slider.observe(lambda _: self.update(), names="value")
@@ -61,9 +72,5 @@ class LayerExplorer:
         if W0 is not None:
             text += f" (at init {self.state['energy_topk_init']:.2f}; ‖W−W₀‖/‖W₀‖ = {self.state['relative_change']:.2f})"
         self.label.value = text
-        self.out.clear_output(wait=True)
-        fig = layer_figure(W, W0, name, k)
-        with self.out:
-            display(fig)
-        plt.close(fig)
+        self.image.value = figure_png(layer_figure(W, W0, name, k))
         return self.state

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
 import nbformat
 import pytest
+
+matplotlib.use("Agg")  # in-process tests draw off-screen; notebook kernels keep the inline backend
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 @pytest.fixture

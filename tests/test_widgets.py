@@ -30,11 +30,13 @@ def test_layer_explorer_callbacks_update_state():
     init = {k: torch.randn(v.shape, generator=g) for k, v in trained.items()}
     ex = LayerExplorer(trained, init, k=2)
     assert ex.state["layer"] == "fc1" and ex.state["d_out"] == 16
+    first_png = bytes(ex.image.value)
+    assert first_png.startswith(b"\x89PNG")
     ex.slider.value = 1  # what dragging the slider does: the observer recomputes
     assert ex.state["layer"] == "fc2" and ex.state["d_in"] == 16
     ex.k_slider.value = 4
     assert ex.state["k"] == 4 and ex.state["energy_topk"] == pytest.approx(1.0)  # fc2 has rank 4
-    assert "fc2: 4×16" in ex.label.value
+    assert "fc2: 4×16" in ex.label.value and bytes(ex.image.value) != first_png
     assert ex.state == {"layer": "fc2", "k": 4, **layer_summary(trained["fc2"], init["fc2"], 4)}
 
 
