@@ -85,7 +85,7 @@ def test_peft_adapter_roundtrip_is_portable(store):
     expected = peft_model(x)
     store.save_adapter("a0", peft_model, {"parent": "root"}, base_model="labkit/demo/root")
     config = json.loads((store.path("a0") / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "labkit/demo/root"
+    assert config["base_model_name_or_path"] == "labkit/demo/root" and config["target_modules"] == ["fc1", "fc2"]
     assert not (store.path("a0") / "README.md").exists()
     fresh = make_mlp()
     fresh.load_state_dict(base_sd)

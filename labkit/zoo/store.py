@@ -281,6 +281,8 @@ class ZooStore:
         config_path = tmp / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = base_model
+        if isinstance(config.get("target_modules"), list):  # peft keeps them in a set: order varies by process
+            config["target_modules"] = sorted(config["target_modules"])
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         weights = tmp / "adapter_model.safetensors"
         _write_bytes(weights, canonical_safetensors(weights.read_bytes()))

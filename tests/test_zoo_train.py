@@ -1,0 +1,123 @@
+"""Batched zoo training (labkit.zoo.train) against the one-model-at-a-time reference loop."""
+
+import pytest
+import torch
+
+from labkit.data import load_digits_split
+from labkit.models import make_cnn, make_mlp, make_siren, pixel_coordinates
+from labkit.zoo.train import (
+    BatchedAdamW,
+    augment_images,
+    batch_schedule,
+    batched_accuracy,
+    fit_batched,
+    fit_full_batch,
+    fit_loop,
+    init_states,
+    stack_states,
+    unstack_state,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    torch.set_num_threads(1)
+    return load_digits_split()
+
+
+def _subsets(y, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nonzero(torch.isin(y, torch.randperm(10, generator=g)[:5])).flatten() for _ in range(K)]
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_batched_equals_loop(digits, arch):
+    make = (lambda: make_mlp(64, (64, 64), 10)) if arch == "mlp" else (lambda: make_cnn(8, 3, "gelu"))
+    X, y = digits.X_train, digits.y_train
+    K = 4
+    subsets = _subsets(y, K)
+    root = init_states(make, [0])[0]
+    hp = dict(epochs=[1, 2, 2, 1], lr=[1e-3, 3e-3, 5e-3, 2e-3], weight_decay=[0.0, 0.01, 0.03, 0.1],
+              seeds=[5, 6, 7, 8], shift=[True, False, True, False], noise=[False, True, True, False])
+    params, _ = fit_batched(make(), stack_states([root] * K), X, y, subsets, batch_size=32, **hp)
+    for k in range(K):
+        ref = fit_loop(make(), root, X, y, subsets[k], epochs=hp["epochs"][k], lr=hp["lr"][k],
+                       weight_decay=hp["weight_decay"][k], seed=hp["seeds"][k], batch_size=32,
+                       shift=hp["shift"][k], noise=hp["noise"][k])
+        got = unstack_state(params, k)
+        moved = max((ref[n] - root[n]).abs().max().item() for n in ref)
+        err = max((ref[n] - got[n]).abs().max().item() for n in ref)
+        assert moved > 1e-2, "training did not change the weights"
+        assert err < 1e-4 * max(1.0, moved), f"model {k}: batched differs from the loop by {err}"
+
+
+def test_masked_model_is_frozen_and_adamw_matches_torch():
+    torch.manual_seed(0)
+    p = torch.randn(3, 5, 4)
+    g = torch.randn(3, 5, 4)
+    ref = p[1].clone().requires_grad_(True)
+    opt_ref = torch.optim.AdamW([ref], lr=0.01, weight_decay=0.1)
+    opt = BatchedAdamW({"w": p}, torch.tensor([0.1, 0.01, 0.5]), torch.tensor([0.0, 0.1, 0.2]))
+    before = p.clone()
+    for _ in range(3):
+        ref.grad = g[1].clone()
+        opt_ref.step()
+        opt.step({"w": g}, torch.tensor([True, True, False]))
+    assert torch.allclose(p[1], ref.detach(), atol=1e-6)
+    assert torch.equal(p[2], before[2]), "an inactive model must not move"
+    assert not torch.allclose(p[0], before[0])
+
+
+def test_models_in_a_batch_do_not_interact(digits):
+    """Model k trained alone equals model k trained with others (own seed, own data, own epochs)."""
+    X, y = digits.X_train, digits.y_train
+    make = lambda: make_mlp(64, (32,), 10)  # noqa: E731
+    states = init_states(make, [1, 2, 3])
+    subsets = _subsets(y, 3, seed=1)
+    kw = dict(epochs=[2, 1, 3], lr=[3e-3, 1e-2, 1e-3], weight_decay=[0.01, 0.0, 0.02], seeds=[1, 2, 3])
+    together, _ = fit_batched(make(), stack_states(states), X, y, subsets, **kw)
+    alone, _ = fit_batched(make(), stack_states(states[1:2]), X, y, subsets[1:2],
+                           **{k: v[1:2] for k, v in kw.items()})
+    for n in alone:
+        torch.testing.assert_close(together[n][1], alone[n][0], atol=1e-5, rtol=1e-4)
+
+
+def test_schedule_and_init_depend_only_on_seed():
+    a = batch_schedule(torch.arange(100), 2, 16, seed=3)
+    b = batch_schedule(torch.arange(100), 2, 16, seed=3)
+    c = batch_schedule(torch.arange(100), 2, 16, seed=4)
+    assert a.idx.shape == (12, 16) and torch.equal(a.idx, b.idx) and not torch.equal(a.idx, c.idx)
+    state = torch.random.get_rng_state()
+    s1 = init_states(make_siren, [7, 8])
+    assert torch.equal(state, torch.random.get_rng_state()), "init_states must not touch the global RNG"
+    assert torch.equal(s1[0]["seq.0.weight"], init_states(make_siren, [7])[0]["seq.0.weight"])
+    with pytest.raises(ValueError, match="fewer than the batch size"):
+        batch_schedule(torch.arange(10), 1, 16, seed=0)
+
+
+def test_augment_shift_moves_pixels():
+    X = torch.rand(2, 64)
+    z = torch.zeros(2, dtype=torch.long)
+    same = augment_images(X, z, z, z, torch.tensor(True), torch.tensor(False))
+    torch.testing.assert_close(same, X)
+    right = augment_images(X, z - 1, z, z, torch.tensor(True), torch.tensor(False)).view(2, 8, 8)
+    torch.testing.assert_close(right[:, :, 1:], X.view(2, 8, 8)[:, :, :-1])
+    assert (right[:, :, 0] == 0).all()
+
+
+def test_siren_full_batch_fits_images(digits):
+    images = digits.X_train[:6, :, None]
+    params = stack_states(init_states(make_siren, range(6)))
+    _, loss = fit_full_batch(make_siren(), params, pixel_coordinates(), images, steps=150, lr=1e-3)
+    assert loss.shape == (6,) and (loss < 1e-3).all()
+
+
+def test_batched_accuracy_masks(digits):
+    model = make_mlp(64, (16,), 10)
+    params = stack_states(init_states(lambda: make_mlp(64, (16,), 10), [0, 1]))
+    mask = torch.stack([digits.y_test == 3, digits.y_test != 3])
+    acc = batched_accuracy(model, params, digits.X_test, digits.y_test, mask)
+    model.load_state_dict(unstack_state(params, 0))
+    with torch.no_grad():
+        pred = model(digits.X_test[mask[0]]).argmax(-1)
+    assert acc[0].item() == pytest.approx((pred == 3).float().mean().item())
