@@ -77,27 +77,6 @@ def test_plan_is_a_function_of_the_settings_only():
 # -------------------------------------------------------------------------------- batched = one at a time
 
 
-def test_slice_adamw_matches_torch_adamw_per_slice():
-    g = torch.Generator().manual_seed(0)
-    lr, wd = torch.tensor([1e-3, 5e-3, 2e-2]), torch.tensor([0.0, 0.01, 0.1])
-    stacked = torch.randn(3, 4, 5, generator=g).requires_grad_()
-    singles = [stacked[k].detach().clone().requires_grad_() for k in range(3)]
-    ours = R.SliceAdamW([stacked], lr, wd)
-    refs = [torch.optim.AdamW([p], lr=lr[k].item(), weight_decay=wd[k].item()) for k, p in enumerate(singles)]
-    for _ in range(6):
-        target = torch.randn(3, 4, 5, generator=g)
-        ours.zero_grad()
-        ((stacked - target) ** 3).sum().backward()
-        ours.step()
-        for k, (p, opt) in enumerate(zip(singles, refs)):
-            opt.zero_grad()
-            ((p - target[k]) ** 3).sum().backward()
-            opt.step()
-    for k in range(3):
-        assert torch.allclose(stacked[k], singles[k], atol=1e-6)
-    assert not torch.allclose(stacked[0], stacked[0].detach() * 0)
-
-
 def test_batched_training_matches_the_peft_loop():
     s = {**R.settings("smoke"), "tasks": ["topic", "agent"], "steps": 4, "batch_size": 8, "n_train": 24, "n_test": 16}
     specs = R.plan(s)

@@ -11,7 +11,7 @@ adapted weight is ``W'_i = W_P + (alpha/r)·B_i A_i`` with a shared, recoverable
   small linear head per task on the mean-pooled sentence embedding. Layers 0–3 stay frozen and un-adapted, so
   their output is computed once per sentence and cached; training runs only the top two layers.
 * **Batched**: the adapters of a chunk train together through ``labkit.lora.BatchedLoRA`` (K adapters ride on
-  the batch dimension of one frozen base), with a per-adapter AdamW (each slice its own lr and weight decay,
+  the batch dimension of one frozen base), with ``labkit.zoo.train.BatchedAdamW`` (each slice its own lr and weight decay,
   the same update ``torch.optim.AdamW`` would make for it alone). ``train_adapter_peft`` is the faithful
   one-at-a-time peft loop it is tested and benchmarked against (``settings["trainer"] = "peft"`` builds with it).
 * **Stored** as real peft adapters (``adapter_config.json`` + ``adapter_model.safetensors``, base name
@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from labkit.text import BASE_MODEL_ID, EMBED_DIM, load_minilm, mean_pool, tokenize
+from labkit.zoo.train import BatchedAdamW
 
-__all__ = ["TASKS", "SliceAdamW", "TextTask", "adapter_logits", "build", "encode_task", "load_head", "lora_config",
+__all__ = ["TASKS", "TextTask", "adapter_logits", "build", "encode_task", "load_head", "lora_config",
            "make_task", "plan", "settings", "target_modules", "target_regex", "train_adapter_peft", "train_chunk"]
 
 HEAD_FILE = "head.safetensors"
@@ -292,38 +293,6 @@ def _batch_order(seed: int, n: int, steps: int, batch_size: int) -> torch.Tensor
     return order[:need].view(steps, batch_size)
 
 
-class SliceAdamW:
-    """AdamW over stacked parameters ``[K, …]`` with a learning rate and weight decay per slice ``lr, wd: [K]``.
-
-    Slice k gets exactly the update ``torch.optim.AdamW(lr=lr[k], weight_decay=wd[k])`` would give it alone.
-    """
-
-    def __init__(self, params: list[torch.Tensor], lr: torch.Tensor, weight_decay: torch.Tensor,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.params, self.lr, self.wd = list(params), lr, weight_decay
-        self.betas, self.eps, self.t = betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        for p, m, v in zip(self.params, self.m, self.v):
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            lr, wd = self.lr.view(shape).to(p), self.wd.view(shape).to(p)
-            p.mul_(1 - lr * wd)
-            m.lerp_(p.grad, 1 - b1)
-            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
-            p.sub_((lr / bc1) * m / denom)
-
-
 def train_chunk(bert, specs: list[dict], encoded: dict[str, EncodedTask], s: dict, progress: bool = False):
     """Train the adapters ``specs`` together (one ``BatchedLoRA`` on ``bert``).
 
@@ -343,8 +312,10 @@ def train_chunk(bert, specs: list[dict], encoded: dict[str, EncodedTask], s: dic
         valid[k, :n_classes[k]] = True
     device = lora.A[0].device
     W, b, valid = W.to(device).requires_grad_(), b.to(device).requires_grad_(), valid.to(device)
-    opt = SliceAdamW([*lora.A, *lora.B, W, b], torch.tensor([sp["lr"] for sp in specs]),
-                     torch.tensor([sp["weight_decay"] for sp in specs]))
+    trainable = {**{f"A{i}": a for i, a in enumerate(lora.A)}, **{f"B{i}": b_ for i, b_ in enumerate(lora.B)},
+                 "W": W, "b": b}
+    opt = BatchedAdamW({k: v.data for k, v in trainable.items()}, torch.tensor([sp["lr"] for sp in specs]),
+                       torch.tensor([sp["weight_decay"] for sp in specs]))
 
     def logits(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [K, N, T, H] → [K, N, C]
         n = h.shape[1]
@@ -365,9 +336,8 @@ def train_chunk(bert, specs: list[dict], encoded: dict[str, EncodedTask], s: dic
         h = torch.stack([t.h_train[i] for t, i in zip(tasks, idx)])
         mask = torch.stack([t.mask_train[i] for t, i in zip(tasks, idx)])
         y = torch.stack([t.task.y_train[i] for t, i in zip(tasks, idx)]).to(device)
-        opt.zero_grad()
-        losses(logits(h, mask), y).sum().backward()
-        opt.step()
+        grads = torch.autograd.grad(losses(logits(h, mask), y).sum(), list(trainable.values()))
+        opt.step(dict(zip(trainable, grads)))
 
     metrics = [{} for _ in specs]
     with torch.no_grad():

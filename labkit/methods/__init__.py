@@ -1,0 +1,5 @@
+"""The papers' algorithms, one module per lab: each takes tensors and returns tensors or plain results.
+
+``mother`` (lab 01, Model Trees), ``probex`` (02), ``probegen`` (03), ``dsire`` (04), ``spectral_detuning`` (05).
+Import a module by name, e.g. ``from labkit.methods import mother``.
+"""

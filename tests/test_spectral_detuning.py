@@ -1,0 +1,193 @@
+"""Spectral DeTuning (labkit.methods.spectral_detuning): recovery, the rank scheduler, batched == loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from labkit.methods import spectral_detuning as sd
+
+
+def make_layers(d_out, d_in, n, r, n_layers=1, seed=0, dtype=torch.float64, ranks=None):
+    """Synthetic LoWRA-style layers: W'_i = W_P + (alpha/r) B_i A_i with Gaussian·0.02 factors, alpha = r."""
+    g = torch.Generator().manual_seed(seed)
+    W_P = torch.randn(n_layers, d_out, d_in, generator=g, dtype=dtype) * 0.02
+    merged = []
+    for layer in range(n_layers):
+        rl = r if ranks is None else ranks[layer]
+        B = torch.randn(n, d_out, rl, generator=g, dtype=dtype) * 0.02
+        A = torch.randn(n, rl, d_in, generator=g, dtype=dtype) * 0.02
+        merged.append(W_P[layer] + B @ A)
+    return W_P, torch.stack(merged)
+
+
+def changes(rank_trace):
+    """[(iteration, new rank)] where the rank used changes."""
+    idx = (rank_trace[1:] != rank_trace[:-1]).nonzero().flatten() + 1
+    return [(int(i), int(rank_trace[i])) for i in idx]
+
+
+# ---------------------------------------------------------------- recovery and the baseline
+
+
+@pytest.mark.parametrize("dtype, bound", [(torch.float64, -20.0), (torch.float32, -15.0)])
+def test_exact_recovery_beats_mean_lora(dtype, bound):
+    torch.manual_seed(0)
+    W_P, merged = make_layers(64, 80, n=5, r=4, n_layers=2, dtype=dtype)
+    before = merged.clone()
+    res = sd.spectral_detuning_layers(merged, end_rank=4, n_iters=120)
+    assert torch.equal(merged, before)  # the input is not modified
+    assert res.subspace  # LoRA differences: the low-rank subspace path runs
+    assert res.W_star.shape == (2, 64, 80) and res.W_star.dtype == dtype
+    err = sd.w_error(res.W_star, W_P)
+    base = sd.w_error(sd.mean_lora(merged), W_P)
+    assert err < bound, err
+    assert base > -8.0 and err < base - 6, (base, err)
+    assert sd.converged_share(res.W_star, W_P) == 1.0
+    assert sd.converged_share(sd.mean_lora(merged), W_P) == 0.0
+    assert res.loss.shape == res.rank.shape == (120, 2)
+    assert (res.rank[60:] == 4).all()  # forced to the end rank from half of the iterations on
+
+
+def test_lowrank_and_exact_svd_both_recover():
+    W_P, merged = make_layers(48, 48, n=4, r=3, dtype=torch.float32)
+    torch.manual_seed(1)
+    fast = sd.spectral_detuning(merged[0], end_rank=3, n_iters=100, subspace=False)
+    exact = sd.spectral_detuning(merged[0], end_rank=3, n_iters=100, svd="exact", subspace=False)
+    assert sd.w_error(fast.W_star, W_P[0]) < -15 and sd.w_error(exact.W_star, W_P[0]) < -15
+    assert torch.allclose(fast.W_star, exact.W_star, atol=1e-7)
+
+
+def test_w_error_is_mean_of_log10_mse():
+    W_P = torch.zeros(3, 4, 4)
+    W_star = W_P.clone()
+    W_star[0] += 1e-3  # MSE 1e-6
+    W_star[1] += 1e-8  # MSE 1e-16
+    W_star[2] += 1e-1  # MSE 1e-2
+    assert sd.w_error(W_star, W_P) == pytest.approx((-6 - 16 - 2) / 3, abs=1e-5)
+    assert sd.converged_share(W_star, W_P) == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------- the rank scheduler
+
+
+def test_scheduler_doubles_after_16_flat_steps():
+    sched = sd.IncreaseRankOnPlateau(n_iters=300, end_rank=16)
+    trace = []
+    for _ in range(120):
+        trace.append(sched.curr_rank)
+        sched.step(1.0)  # never strictly better after the first step
+    assert changes(torch.tensor(trace)) == [(17, 2), (33, 4), (49, 8), (65, 16)]
+
+
+def test_scheduler_improvement_resets_and_best_is_kept():
+    # 5 improving steps, a flat stretch, one step below the best (resets the count), then flat again;
+    # after the first doubling a loss equal to the old best is not an improvement (best is not reset)
+    losses = [10, 9, 8, 7, 6] + [6.5] * 10 + [5.0] + [5.0] * 16 + [5.0] * 20
+    sched = sd.IncreaseRankOnPlateau(n_iters=300, end_rank=8)
+    trace = []
+    for loss in losses:
+        trace.append(sched.curr_rank)
+        sched.step(loss)
+    # bad steps: 10 (idx 5..14), reset at idx 15, then 16 bad at idx 16..31 → rank 2 from 32; next 16 → 48
+    assert changes(torch.tensor(trace)) == [(32, 2), (48, 4)]
+
+
+def test_scheduler_forces_end_rank_at_half():
+    sched = sd.IncreaseRankOnPlateau(n_iters=40, end_rank=16)
+    trace = []
+    for it in range(40):
+        trace.append(sched.curr_rank)
+        sched.step(100.0 - it)  # always improving: the plateau rule never fires
+    assert trace[:20] == [1] * 20 and trace[20:] == [16] * 20
+
+
+def test_scheduler_step_is_pure_and_vectorised():
+    state = sd.rank_scheduler_init(start_rank=1, n_layers=2)
+    kw = {"n_iters": 300, "end_rank": 4}
+    seqs = [[3.0] * 40, [3.0 - 0.01 * i for i in range(40)]]
+    for it in range(40):
+        new = sd.rank_scheduler_step(state, torch.tensor([seqs[0][it], seqs[1][it]]), **kw)
+        assert new is not state and state.epoch == it  # the old state is untouched
+        state = new
+    assert state.rank.tolist() == [4, 1]
+    single = sd.rank_scheduler_init(1)
+    for loss in seqs[0]:
+        single = sd.rank_scheduler_step(single, loss, **kw)
+    assert int(single.rank) == 4
+
+
+# ---------------------------------------------------------------- batched == the per-layer loop
+
+
+def test_batched_equals_loop_with_exact_svd():
+    _, merged = make_layers(40, 56, n=3, r=2, n_layers=2, seed=3)
+    kw = {"end_rank": 4, "n_iters": 60, "svd": "exact"}
+    plain = sd.spectral_detuning_layers(merged, subspace=False, **kw)
+    sub = sd.spectral_detuning_layers(merged, subspace=True, **kw)
+    assert sub.subspace and not plain.subspace
+    for layer in range(2):
+        ref = sd.spectral_detuning_loop(merged[layer], **kw)
+        for res in (plain, sub):
+            assert torch.equal(res.rank[:, layer], ref.rank)
+            torch.testing.assert_close(res.W_star[layer], ref.W_star, atol=1e-12, rtol=0)
+            torch.testing.assert_close(res.loss[:, layer], ref.loss, atol=1e-14, rtol=1e-6)
+
+
+def test_layers_keep_their_own_rank():
+    # layer 0 has rank-1 LoRAs, layer 1 rank-4: their schedules differ, so some iterations hold two ranks
+    W_P, merged = make_layers(32, 32, n=3, r=None, n_layers=2, ranks=[1, 4], seed=5, dtype=torch.float32)
+    kw = {"end_rank": 4, "n_iters": 200, "svd": "exact", "subspace": False}
+    both = sd.spectral_detuning_layers(merged, **kw)
+    assert (both.rank[:100, 0] != both.rank[:100, 1]).any()
+    for layer in range(2):
+        alone = sd.spectral_detuning(merged[layer], **kw)
+        assert torch.equal(both.rank[:, layer], alone.rank)
+        torch.testing.assert_close(both.W_star[layer], alone.W_star, atol=1e-7, rtol=0)
+    assert sd.w_error(both.W_star, W_P) < -14
+
+
+def test_lowrank_loop_reaches_the_floor_like_batched():
+    W_P, merged = make_layers(48, 48, n=4, r=3, dtype=torch.float32, seed=2)
+    torch.manual_seed(0)
+    loop = sd.spectral_detuning_loop(merged[0], end_rank=3, n_iters=80)
+    torch.manual_seed(0)
+    batched = sd.spectral_detuning(merged[0], end_rank=3, n_iters=80)
+    assert abs(sd.w_error(loop.W_star, W_P[0]) - sd.w_error(batched.W_star, W_P[0])) < 1.5
+    assert sd.w_error(batched.W_star, W_P[0]) < -15
+
+
+def test_subspace_falls_back_when_differences_are_not_low_rank():
+    W_P, merged = make_layers(40, 40, n=3, r=2, seed=4)
+    noisy = merged + 1e-4 * torch.randn(merged.shape, generator=torch.Generator().manual_seed(9), dtype=merged.dtype)
+    res = sd.spectral_detuning_layers(noisy, end_rank=2, n_iters=30, svd="exact")
+    assert not res.subspace
+    assert math.isfinite(sd.w_error(res.W_star, W_P))
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_give_one_line_errors():
+    _, merged = make_layers(16, 12, n=3, r=2, dtype=torch.float32)
+    one = merged[0]
+    with pytest.raises(ValueError, match="at least 2 fine-tuned"):
+        sd.spectral_detuning(one[:1], end_rank=2, n_iters=5)
+    with pytest.raises(ValueError, match="above min"):
+        sd.spectral_detuning(one, end_rank=13, n_iters=5)
+    bad = one.clone()
+    bad[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        sd.spectral_detuning(bad, end_rank=2, n_iters=5)
+    with pytest.raises(ValueError, match=r"one shape, got \[16, 12\] and \[16, 11\]"):
+        sd.spectral_detuning([one[0], one[1], one[2][:, :11]], end_rank=2, n_iters=5)
+    with pytest.raises(ValueError, match="svd must be"):
+        sd.spectral_detuning(one, end_rank=2, n_iters=5, svd="full")
+    with pytest.raises(ValueError, match="spectral_detuning_layers"):
+        sd.spectral_detuning(merged, end_rank=2, n_iters=5)
+    with pytest.raises(ValueError, match="differ in shape"):
+        sd.w_error(one[0], one[0].T)
+    with pytest.raises(TypeError, match="floating-point"):
+        sd.spectral_detuning(one.to(torch.int64), end_rank=2, n_iters=5)
