@@ -12,12 +12,17 @@ A recipe is a module in ``labkit.zoo.recipes`` with two functions::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 
 from labkit.zoo.store import CorruptFileError, ZooError, ZooStore, zoo_key
 
-__all__ = ["RECIPES", "CorruptFileError", "ZooError", "ZooStore", "build", "recipe_module", "zoo_key"]
+__all__ = ["BUILD_THREADS", "RECIPES", "CorruptFileError", "ZooError", "ZooStore", "build", "build_threads",
+           "recipe_module", "zoo_key"]
+
+# torch threads every build runs with (the reference platform has 2 cores); see build_threads
+BUILD_THREADS = 2
 
 # recipe name -> module under labkit.zoo.recipes (filled in as the mini-jungle grows)
 RECIPES: dict[str, str] = {
@@ -36,6 +41,20 @@ def recipe_module(name: str):
     return importlib.import_module(f"labkit.zoo.recipes.{RECIPES[name]}")
 
 
+@contextlib.contextmanager
+def build_threads(n: int = BUILD_THREADS):
+    """Run with exactly ``n`` torch threads, then restore: CPU kernels may sum in a thread-count-dependent order,
+    so pinning the count makes a zoo's bytes the same on a 2-core laptop and a 16-core workstation."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def build(recipe: str, cfg=None, *, profile: str | None = None, home=None, **overrides) -> ZooStore:
     """Build (or reuse) a zoo. ``cfg`` is what ``labkit.setup`` returned; ``overrides`` change settings."""
     from labkit.session import pick_device, resolve_profile
@@ -50,7 +69,8 @@ def build(recipe: str, cfg=None, *, profile: str | None = None, home=None, **ove
     with store.lock():
         if not store.complete:
             t0 = time.perf_counter()
-            summary = module.build(store, settings, device) or {}
+            with build_threads():
+                summary = module.build(store, settings, device) or {}
             summary.setdefault("seconds", round(time.perf_counter() - t0, 1))
             summary.setdefault("models", len(store))
             store.mark_complete(summary)
