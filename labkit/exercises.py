@@ -19,7 +19,7 @@ import copy
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -36,7 +36,6 @@ class Exercise:
     hint: str
     rtol: float = 1e-5
     atol: float = 1e-6
-    tags: tuple[str, ...] = field(default_factory=tuple)
 
 
 EXERCISES: dict[str, Exercise] = {}

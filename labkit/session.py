@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +56,6 @@ class Config:
     home: Path
     lab: str | None = None
     expected_minutes: float | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def smoke(self) -> bool:
