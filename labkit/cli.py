@@ -5,6 +5,8 @@
     labkit zoo build RECIPE [--profile P]                   build (or reuse) a mini-jungle zoo; prints its folder
     labkit zoo verify PATH                                  check every model file of a zoo against its sha256
     labkit student [--out DIR]                              student and instructor copies of every notebook
+    labkit trees recover PATH [--regime ft|lora] [--lambda 0.3] [--trees K ...] [--reverse]
+                                                            MoTHer on a folder of models; edges as JSON
 
 Errors are one line on stderr and a non-zero exit.
 """
@@ -86,6 +88,17 @@ def _cmd_student(args) -> int:
     return 0
 
 
+def _cmd_trees_recover(args) -> int:
+    import json
+
+    from labkit.trees import recover_folder
+
+    result = recover_folder(args.path, regime=args.regime, lam=args.lam, trees=args.trees, reverse=args.reverse,
+                            ft_variant=args.ft_variant)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="labkit: a lab kit on learning from model weights")
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,6 +127,23 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("student", help="write student and instructor copies of every notebook")
     st.add_argument("--out", default="notebooks", help="writes OUT/student/ and OUT/instructor/ (default: notebooks)")
     st.set_defaults(func=_cmd_student)
+
+    trees = sub.add_parser("trees", help="Model Trees (lab 01)").add_subparsers(dest="trees_command", required=True)
+    tr = trees.add_parser("recover", help="recover the Model Tree(s) of a folder of models with MoTHer; "
+                                          "prints the edges as JSON")
+    tr.add_argument("path", help="a zoo folder (zoo.json + manifest.jsonl) or a folder of *.safetensors files "
+                                 "and peft adapter folders whose base model is in the folder")
+    tr.add_argument("--regime", choices=["ft", "lora"], default="ft",
+                    help="ft: max-difference distance (full fine-tunes, default); lora: rank of the difference")
+    tr.add_argument("--lambda", dest="lam", type=float, default=0.3, help="weight λ of the kurtosis direction "
+                                                                           "term (default 0.3; 0 = distance only)")
+    tr.add_argument("--trees", type=int, nargs="+", default=None,
+                    help="number of trees, one value per architecture in the folder (default: 1 each)")
+    tr.add_argument("--reverse", action="store_true",
+                    help="children are MORE kurtotic than parents (continued pre-training; also the digit-trees zoo)")
+    tr.add_argument("--ft-variant", choices=["normalised", "max_abs"], default="normalised",
+                    help="ft distance: the official code's min-max normalised max (default) or the paper's max |Δ|")
+    tr.set_defaults(func=_cmd_trees_recover)
     return p
 
 

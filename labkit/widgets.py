@@ -14,7 +14,7 @@ import torch
 from labkit.plots import layer_figure
 from labkit.spectra import energy_fraction
 
-__all__ = ["LayerExplorer", "figure_png", "layer_summary"]
+__all__ = ["DetuningExplorer", "LayerExplorer", "TreeExplorer", "detuning_view", "figure_png", "layer_summary"]
 
 
 def figure_png(fig, dpi: int = 90) -> bytes:
@@ -73,4 +73,102 @@ class LayerExplorer:
             text += f" (at init {self.state['energy_topk_init']:.2f}; ‖W−W₀‖/‖W₀‖ = {self.state['relative_change']:.2f})"
         self.label.value = text
         self.image.value = figure_png(layer_figure(W, W0, name, k))
+        return self.state
+
+
+class TreeExplorer:
+    """Pick a tree and λ; see MoTHer's recovered tree next to the true one, wrong edges in red (lab 01).
+
+    ``cases``: ``{name: labkit.trees.TreeCase}`` (from ``labkit.trees.tree_cases``); ``lambdas``: the λ values of the
+    slider; ``reverse``: the kurtosis orientation (see ``labkit.methods.mother.direction_matrix``). The callback
+    calls ``labkit.trees.recover_view`` and ``labkit.plots.tree_comparison_figure``.
+    """
+
+    def __init__(self, cases: dict, lambdas=(0.0, 0.1, 0.3, 1.0, 3.0), lam: float = 0.3, reverse: bool = False,
+                 tree: str | None = None):
+        import ipywidgets as widgets
+
+        if not cases:
+            raise ValueError("TreeExplorer needs at least one tree (a dict name -> TreeCase)")
+        lambdas = sorted({float(x) for x in lambdas} | {float(lam)})
+        self.cases, self.reverse = cases, reverse
+        self.tree = widgets.Dropdown(options=list(cases), value=tree or next(iter(cases)), description="tree")
+        self.lam = widgets.SelectionSlider(options=lambdas, value=float(lam), description="λ",
+                                           continuous_update=False)
+        self.label = widgets.Label()
+        self.image = widgets.Image(format="png")
+        self.widget = widgets.VBox([widgets.HBox([self.tree, self.lam]), self.label, self.image])
+        self.state: dict = {}
+        self.tree.observe(lambda _: self.update(), names="value")
+        self.lam.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    def update(self) -> dict:
+        """Recompute for the current controls; returns (and keeps) the new state."""
+        from labkit.plots import tree_comparison_figure
+        from labkit.trees import recover_view
+
+        name, case = self.tree.value, self.cases[self.tree.value]
+        view = recover_view(case, self.lam.value, self.reverse)
+        self.state = {"tree": name, **view}
+        self.label.value = (f"{name}: λ = {view['lam']:g}, edge accuracy {view['edge_accuracy']:.0%}, "
+                            f"{len(view['wrong'])} wrong edge(s)")
+        self.image.value = figure_png(tree_comparison_figure(case.parents, view["parents"], case.kinds,
+                                                             title=f"{name}, λ = {view['lam']:g}"))
+        return self.state
+
+
+def detuning_view(w_error_trace, rank_trace, samples: dict, it: int) -> dict:
+    """What the DeTuning explorer shows at iteration ``it`` (lab 05): the nearest kept snapshot at or before ``it``.
+
+    ``w_error_trace, rank_trace: [n_iters]``; ``samples: {iteration: images [N, H, W]}`` for the kept iterations
+    (0 = the start, W* = Mean-LoRA). Returns ``{"iteration", "w_error", "rank", "samples"}``; at iteration 0
+    ``w_error`` is None unless the trace starts there.
+    """
+    if not samples:
+        raise ValueError("detuning_view needs samples for at least one kept iteration")
+    kept = sorted(int(k) for k in samples)
+    it = max(kept[0], min(int(it), len(w_error_trace)))
+    at = max(k for k in kept if k <= it)
+    w = float(w_error_trace[at - 1]) if at >= 1 else None
+    rank = int(rank_trace[at - 1]) if at >= 1 else int(rank_trace[0])
+    return {"iteration": at, "w_error": w, "rank": rank, "samples": samples[at]}
+
+
+class DetuningExplorer:
+    """An iteration slider over a Spectral DeTuning run: W-Error, the current rank and samples from W* (lab 05).
+
+    ``w_error_trace, rank_trace: [n_iters]``; ``samples: {iteration: images [N, H, W] in [0, 1]}`` drawn from the
+    weights W* after that many iterations (same noise for every iteration). The callback calls
+    ``detuning_view`` and ``labkit.plots.detuning_figure``.
+    """
+
+    def __init__(self, w_error_trace, rank_trace, samples: dict, mean_lora_error: float | None = None,
+                 it: int | None = None):
+        import ipywidgets as widgets
+
+        if not samples:
+            raise ValueError("DetuningExplorer needs samples for at least one kept iteration")
+        self.w_error_trace, self.rank_trace, self.samples = w_error_trace, rank_trace, samples
+        self.mean_lora_error = mean_lora_error
+        kept = sorted(int(k) for k in samples)
+        self.slider = widgets.SelectionSlider(options=kept, value=kept[-1] if it is None else max(
+            k for k in kept if k <= max(kept[0], it)), description="iteration", continuous_update=False)
+        self.label = widgets.Label()
+        self.image = widgets.Image(format="png")
+        self.widget = widgets.VBox([self.slider, self.label, self.image])
+        self.state: dict = {}
+        self.slider.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    def update(self) -> dict:
+        """Recompute for the current slider value; returns (and keeps) the new state."""
+        from labkit.plots import detuning_figure
+
+        view = detuning_view(self.w_error_trace, self.rank_trace, self.samples, self.slider.value)
+        self.state = view
+        w = "Mean-LoRA start" if view["w_error"] is None else f"W-Error {view['w_error']:.2f}"
+        self.label.value = f"iteration {view['iteration']}: {w}, rank {view['rank']}"
+        self.image.value = figure_png(detuning_figure(self.w_error_trace, self.rank_trace, max(1, view["iteration"]),
+                                                      view["samples"], self.mean_lora_error))
         return self.state

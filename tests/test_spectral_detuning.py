@@ -191,3 +191,55 @@ def test_bad_inputs_give_one_line_errors():
         sd.w_error(one[0], one[0].T)
     with pytest.raises(TypeError, match="floating-point"):
         sd.spectral_detuning(one.to(torch.int64), end_rank=2, n_iters=5)
+
+
+# ---------------------------------------------------------------- the step functions taught in notebook 05
+
+
+def test_m_step_and_w_step_make_one_iteration_of_the_loop_reference():
+    from labkit.methods.spectral_detuning import m_step, w_step
+
+    g = torch.Generator().manual_seed(3)
+    W_P = torch.randn(12, 9, generator=g, dtype=torch.float64)
+    merged = W_P + torch.randn(4, 12, 2, generator=g, dtype=torch.float64) @ torch.randn(4, 2, 9, generator=g,
+                                                                                         dtype=torch.float64)
+    W = merged.mean(0)
+    for _ in range(3):
+        W = w_step(merged, m_step(merged, W, 2))
+    ref = sd.spectral_detuning_loop(merged, end_rank=2, n_iters=3, start_rank=2, svd="exact")
+    torch.testing.assert_close(W, ref.W_star)
+    M = m_step(merged, W, 2)
+    assert all(torch.linalg.matrix_rank(m) <= 2 for m in M)
+    # batched over layers: same as one layer at a time
+    two = torch.stack([merged, merged.flip(0)])
+    torch.testing.assert_close(m_step(two, two.mean(1), 1)[1], m_step(merged.flip(0), merged.mean(0), 1))
+
+
+def test_m_step_rejects_mismatched_shapes():
+    from labkit.methods.spectral_detuning import m_step, w_step
+
+    with pytest.raises(ValueError, match="W_star"):
+        m_step(torch.zeros(3, 4, 5), torch.zeros(5, 4), 1)
+    with pytest.raises(ValueError, match="differ in shape"):
+        w_step(torch.zeros(3, 4, 5), torch.zeros(2, 4, 5))
+
+
+def test_scheduler_rule_follows_increase_rank_on_plateau():
+    from labkit.methods.spectral_detuning import scheduler_rule
+
+    g = torch.Generator().manual_seed(0)
+    losses = (1.0 + 0.01 * torch.randn(120, generator=g)).tolist()
+    sched = sd.IncreaseRankOnPlateau(120, 8)
+    rank, best, bad = 1, float("inf"), 0
+    for epoch, loss in enumerate(losses, 1):
+        rank, best, bad = scheduler_rule(rank, best, bad, loss, epoch, 120, 8)
+        assert rank == sched.step(loss)
+    assert rank == 8
+    assert scheduler_rule(4, 0.5, 15, 0.7, 10, 300, 16) == (8, 0.5, 0)
+
+
+def test_final_loss_is_the_mean_of_the_last_iterations():
+    from labkit.methods.spectral_detuning import final_loss
+
+    loss = torch.arange(20, dtype=torch.float64).reshape(10, 2)
+    torch.testing.assert_close(final_loss(loss, 2), torch.tensor([17.0, 18.0], dtype=torch.float64))

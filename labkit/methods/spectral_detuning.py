@@ -51,14 +51,18 @@ __all__ = [
     "IncreaseRankOnPlateau",
     "RankSchedulerState",
     "converged_share",
+    "final_loss",
     "layer_mse",
+    "m_step",
     "mean_lora",
     "rank_scheduler_init",
     "rank_scheduler_step",
+    "scheduler_rule",
     "spectral_detuning",
     "spectral_detuning_layers",
     "spectral_detuning_loop",
     "w_error",
+    "w_step",
 ]
 
 SVD_METHODS = ("lowrank", "exact")
@@ -406,3 +410,51 @@ def spectral_detuning_loop(
             ranks.append(rank)
             scheduler.step(loss)
     return DetuningResult(W_star, torch.tensor(losses, dtype=torch.float64), torch.tensor(ranks))
+
+
+# --------------------------------------------------------------------------------------------------------
+# the two steps and the scheduler rule as small functions (taught one by one in notebook 05)
+# --------------------------------------------------------------------------------------------------------
+
+
+def m_step(merged: torch.Tensor, W_star: torch.Tensor, rank: int, *, svd: str = "exact", niter: int = 2) -> torch.Tensor:
+    """M-step: ``M_i ← best rank-`rank` approximation of (W'_i − W*)`` (Eckart–Young), for every LoRA at once.
+
+    ``merged: [..., n, d_out, d_in]``, ``W_star: [..., d_out, d_in]`` → ``M: [..., n, d_out, d_in]``.
+    ``svd="exact"`` (``torch.linalg.svd``, the default here: deterministic) or ``"lowrank"`` (the official
+    ``torch.svd_lowrank`` with ``niter`` power iterations). Notebook 05, "build it step by step".
+    """
+    if svd not in SVD_METHODS:
+        raise ValueError(f"svd must be one of {SVD_METHODS}, got {svd!r}")
+    if merged.ndim < 3 or W_star.shape != merged.shape[:-3] + merged.shape[-2:]:
+        raise ValueError(f"expected merged [..., n, d_out, d_in] and W_star [..., d_out, d_in], got "
+                         f"{list(merged.shape)} and {list(W_star.shape)}")
+    return _low_rank(merged - W_star.unsqueeze(-3), int(rank), svd, niter)
+
+
+def w_step(merged: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """W-step: ``W* ← mean_i (W'_i − M_i)``; ``merged, M: [..., n, d_out, d_in]`` → ``[..., d_out, d_in]``."""
+    if merged.shape != M.shape:
+        raise ValueError(f"merged and M differ in shape: {list(merged.shape)} vs {list(M.shape)}")
+    return (merged - M).mean(-3)
+
+
+def scheduler_rule(rank: int, best: float, num_bad_steps: int, loss: float, epoch: int, n_iters: int,
+                   end_rank: int) -> tuple[int, float, int]:
+    """``IncreaseRankOnPlateau`` for one step in plain numbers: ``(rank, best, num_bad_steps)`` after step ``epoch``.
+
+    ``epoch`` is the 1-based number of this step (iteration ``it`` is step ``it + 1``); patience 15, factor 2,
+    end rank forced from step ``n_iters/2`` on. The same rule as ``rank_scheduler_step`` (which it calls).
+    """
+    state = RankSchedulerState(torch.tensor(int(rank)), torch.tensor(float(best), dtype=torch.float64),
+                               torch.tensor(int(num_bad_steps)), int(epoch) - 1)
+    new = rank_scheduler_step(state, float(loss), n_iters=n_iters, end_rank=end_rank)
+    return int(new.rank), float(new.best), int(new.num_bad_steps)
+
+
+def final_loss(loss: torch.Tensor, window: int = 10) -> torch.Tensor:
+    """The loss the attacker can see at the end: mean of the last ``window`` iterations, ``[n_iters, ...] → [...]``.
+
+    Averaging a few iterations smooths the randomized SVD's jitter (paper §6: the final loss predicts W-Error).
+    """
+    return loss[-int(window):].mean(0)
