@@ -29,7 +29,7 @@ LABS: dict[str, LabInfo] = {
                 {"smoke": 0.5, "workshop": 1, "full": 1}, {"smoke": 0.5, "workshop": 1, "full": 1}),
         LabInfo("01", "01_model_trees", "Model trees and MoTHer",
                 "recover a model tree's edges and their direction from weights alone",
-                {"smoke": 1.5, "workshop": 10, "full": 60}, {"smoke": 1, "workshop": 2, "full": 30}),
+                {"smoke": 1, "workshop": 4, "full": 60}, {"smoke": 1, "workshop": 2, "full": 30}),
         LabInfo("02", "02_probex", "ProbeX",
                 "learn from one layer's weights; align to text for zero-shot model classification",
                 {"smoke": 1.5, "workshop": 10, "full": 120}, {"smoke": 1, "workshop": 2, "full": 60}),
