@@ -41,7 +41,7 @@ LABS: dict[str, LabInfo] = {
                 {"smoke": 1.5, "workshop": 10, "full": 60}, {"smoke": 1, "workshop": 2, "full": 30}),
         LabInfo("05", "05_spectral_detuning", "Spectral DeTuning",
                 "recover the exact pre-fine-tuning weights from a few LoRA fine-tunes",
-                {"smoke": 1.5, "workshop": 10, "full": 120}, {"smoke": 1, "workshop": 2, "full": 60}),
+                {"smoke": 1, "workshop": 3, "full": 120}, {"smoke": 1, "workshop": 2, "full": 60}),
     ]
 }
 
