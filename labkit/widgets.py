@@ -36,7 +36,30 @@ def layer_summary(W: torch.Tensor, W_init: torch.Tensor | None = None, k: int = 
     return out
 
 
-class LayerExplorer:
+class _Explorer:
+    """What every explorer shares: controls in a row, a label and an image below; any control change calls
+    ``update``, which sets ``self.state`` and shows its text and figure through ``_show``."""
+
+    def _wire(self, *controls) -> None:
+        import ipywidgets as widgets
+
+        self.label = widgets.Label()
+        self.image = widgets.Image(format="png")
+        self.widget = widgets.VBox([widgets.HBox(list(controls)), self.label, self.image])
+        self.state: dict = {}
+        for control in controls:
+            control.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    def _show(self, text: str, fig) -> None:
+        self.label.value = text
+        self.image.value = figure_png(fig)
+
+    def update(self) -> dict:
+        raise NotImplementedError
+
+
+class LayerExplorer(_Explorer):
     """A slider over a model's weight matrices: heat map + singular-value spectrum, trained vs init.
 
     ``layers``: name → ``W: [d_out, d_in]``; ``init`` (optional): the same names → weights at initialisation.
@@ -55,13 +78,7 @@ class LayerExplorer:
                                         continuous_update=False)
         self.k_slider = widgets.IntSlider(value=k, min=1, max=min(min(W.shape) for W in layers.values()),
                                           description="top k", continuous_update=False)
-        self.label = widgets.Label()
-        self.image = widgets.Image(format="png")
-        self.widget = widgets.VBox([widgets.HBox([self.slider, self.k_slider]), self.label, self.image])
-        self.state: dict = {}
-        self.slider.observe(lambda _: self.update(), names="value")
-        self.k_slider.observe(lambda _: self.update(), names="value")
-        self.update()
+        self._wire(self.slider, self.k_slider)
 
     def update(self) -> dict:
         """Recompute for the current slider values; returns (and keeps) the new state."""
@@ -71,12 +88,11 @@ class LayerExplorer:
         text = f"{name}: {self.state['d_out']}×{self.state['d_in']}, top-{k} energy {self.state['energy_topk']:.2f}"
         if W0 is not None:
             text += f" (at init {self.state['energy_topk_init']:.2f}; ‖W−W₀‖/‖W₀‖ = {self.state['relative_change']:.2f})"
-        self.label.value = text
-        self.image.value = figure_png(layer_figure(W, W0, name, k))
+        self._show(text, layer_figure(W, W0, name, k))
         return self.state
 
 
-class TreeExplorer:
+class TreeExplorer(_Explorer):
     """Pick a tree and λ; see MoTHer's recovered tree next to the true one, wrong edges in red (lab 01).
 
     ``cases``: ``{name: labkit.trees.TreeCase}`` (from ``labkit.trees.tree_cases``); ``lambdas``: the λ values of the
@@ -95,13 +111,7 @@ class TreeExplorer:
         self.tree = widgets.Dropdown(options=list(cases), value=tree or next(iter(cases)), description="tree")
         self.lam = widgets.SelectionSlider(options=lambdas, value=float(lam), description="λ",
                                            continuous_update=False)
-        self.label = widgets.Label()
-        self.image = widgets.Image(format="png")
-        self.widget = widgets.VBox([widgets.HBox([self.tree, self.lam]), self.label, self.image])
-        self.state: dict = {}
-        self.tree.observe(lambda _: self.update(), names="value")
-        self.lam.observe(lambda _: self.update(), names="value")
-        self.update()
+        self._wire(self.tree, self.lam)
 
     def update(self) -> dict:
         """Recompute for the current controls; returns (and keeps) the new state."""
@@ -111,10 +121,10 @@ class TreeExplorer:
         name, case = self.tree.value, self.cases[self.tree.value]
         view = recover_view(case, self.lam.value, self.reverse)
         self.state = {"tree": name, **view}
-        self.label.value = (f"{name}: λ = {view['lam']:g}, edge accuracy {view['edge_accuracy']:.0%}, "
-                            f"{len(view['wrong'])} wrong edge(s)")
-        self.image.value = figure_png(tree_comparison_figure(case.parents, view["parents"], case.kinds,
-                                                             title=f"{name}, λ = {view['lam']:g}"))
+        self._show(f"{name}: λ = {view['lam']:g}, edge accuracy {view['edge_accuracy']:.0%}, "
+                   f"{len(view['wrong'])} wrong edge(s)",
+                   tree_comparison_figure(case.parents, view["parents"], case.kinds,
+                                          title=f"{name}, λ = {view['lam']:g}"))
         return self.state
 
 
@@ -135,7 +145,7 @@ def detuning_view(w_error_trace, rank_trace, samples: dict, it: int) -> dict:
     return {"iteration": at, "w_error": w, "rank": rank, "samples": samples[at]}
 
 
-class DetuningExplorer:
+class DetuningExplorer(_Explorer):
     """An iteration slider over a Spectral DeTuning run: W-Error, the current rank and samples from W* (lab 05).
 
     ``w_error_trace, rank_trace: [n_iters]``; ``samples: {iteration: images [N, H, W] in [0, 1]}`` drawn from the
@@ -154,12 +164,7 @@ class DetuningExplorer:
         kept = sorted(int(k) for k in samples)
         self.slider = widgets.SelectionSlider(options=kept, value=kept[-1] if it is None else max(
             k for k in kept if k <= max(kept[0], it)), description="iteration", continuous_update=False)
-        self.label = widgets.Label()
-        self.image = widgets.Image(format="png")
-        self.widget = widgets.VBox([self.slider, self.label, self.image])
-        self.state: dict = {}
-        self.slider.observe(lambda _: self.update(), names="value")
-        self.update()
+        self._wire(self.slider)
 
     def update(self) -> dict:
         """Recompute for the current slider value; returns (and keeps) the new state."""
@@ -168,7 +173,7 @@ class DetuningExplorer:
         view = detuning_view(self.w_error_trace, self.rank_trace, self.samples, self.slider.value)
         self.state = view
         w = "Mean-LoRA start" if view["w_error"] is None else f"W-Error {view['w_error']:.2f}"
-        self.label.value = f"iteration {view['iteration']}: {w}, rank {view['rank']}"
-        self.image.value = figure_png(detuning_figure(self.w_error_trace, self.rank_trace, max(1, view["iteration"]),
-                                                      view["samples"], self.mean_lora_error))
+        self._show(f"iteration {view['iteration']}: {w}, rank {view['rank']}",
+                   detuning_figure(self.w_error_trace, self.rank_trace, max(1, view["iteration"]), view["samples"],
+                                   self.mean_lora_error))
         return self.state
