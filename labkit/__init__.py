@@ -11,8 +11,8 @@ import importlib
 __version__ = "0.1.0"
 __all__ = ["__version__", "setup"]
 
-_SUBMODULES = {"course", "data", "exercises", "models", "nbtools", "plots", "report", "runner", "session",
-               "spectra", "train", "widgets", "zoo", "methods", "benchmarks", "lora"}
+_SUBMODULES = {"course", "data", "diffusion", "exercises", "models", "nbtools", "plots", "report", "runner", "session",
+               "spectra", "text", "train", "trees", "widgets", "zoo", "methods", "benchmarks", "lora"}
 
 
 def setup(*args, **kwargs):
