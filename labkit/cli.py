@@ -7,6 +7,15 @@
     labkit student [--out DIR]                              student and instructor copies of every notebook
     labkit trees recover PATH [--regime ft|lora] [--lambda 0.3] [--trees K ...] [--reverse]
                                                             MoTHer on a folder of models; edges as JSON
+    labkit export RECIPE --format model-j|lora-wise|lowra [--profile P] --out DIR
+                                                            a zoo in a public benchmark's on-disk format
+    labkit detune --lowra DIR --subset NAME [--n-loras N | --lora-ids I ...] [--layers I ...] [--end-rank R]
+                  [--iters K] [--device D] [--seed S] --out DIR [--json FILE]
+    labkit detune --checkpoints C1 C2 ... [--base BASE] [--rank R] [--iters K] [--device D] --out DIR [--json FILE]
+                                                            Spectral DeTuning on LoWRA Bench or your own
+                                                            fine-tunes; recovered weights + W-Error as JSON
+    labkit inspect PATH [--all] [--json]                    what a model file or folder holds: format, tensors,
+                                                            shapes, dtypes, metadata, LoRA ranks (safe loaders only)
 
 Errors are one line on stderr and a non-zero exit.
 """
@@ -99,6 +108,68 @@ def _cmd_trees_recover(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from labkit import zoo
+    from labkit.session import setup
+    from labkit.zoo.export import describe, export
+
+    cfg = setup(args.profile, quiet=True)
+    store = zoo.build(args.recipe, cfg)
+    kwargs = {"n_loras": args.n_loras} if args.n_loras is not None else {}
+    if kwargs and args.format != "lowra":
+        raise ValueError("--n-loras applies to --format lowra only")
+    print(describe(export(store, args.format, args.out, **kwargs)))
+    print(Path(args.out).resolve())
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    import json
+
+    from labkit.benchmarks.inspect import format_report, inspect_path
+
+    info = inspect_path(args.path)
+    print(json.dumps(info, indent=1, default=str) if args.json else format_report(info, None if args.all else 40))
+    return 0
+
+
+def _cmd_detune(args) -> int:
+    import json
+
+    from labkit.replicate.detune import detune_checkpoints, detune_lowra
+
+    if (args.lowra is None) == (args.checkpoints is None):
+        raise ValueError("give either --lowra DIR --subset NAME or --checkpoints C1 C2 ...")
+    if args.lowra is not None:
+        if args.subset is None:
+            raise ValueError("--lowra needs --subset (vit, stable-diffusion-1.5, mistral-7b-v0.1-sft, "
+                             "mistral-7b-v0.1-dpo, or an exported one)")
+        if args.base is not None:
+            raise ValueError("--base applies to --checkpoints; LoWRA Bench holds its own pre-fine-tuning weights")
+        result = detune_lowra(args.lowra, args.subset, args.out, n_loras=args.n_loras, lora_ids=args.lora_ids,
+                              layers=args.layers, end_rank=args.end_rank, n_iters=args.iters, device=args.device,
+                              seed=args.seed)
+    else:
+        extra = [flag for flag, value in (("--subset", args.subset), ("--n-loras", args.n_loras),
+                                          ("--lora-ids", args.lora_ids), ("--layers", args.layers)) if value is not None]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} apply to --lowra only")
+        result = detune_checkpoints(args.checkpoints, args.out, base=args.base, rank=args.end_rank,
+                                    n_iters=args.iters or 300, device=args.device, seed=args.seed)
+    text = json.dumps(result, indent=1)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    else:
+        print(text)
+    if result.get("w_error") is not None:
+        print(f"labkit detune: W-Error {result['w_error']:.2f} (Mean-LoRA {result['mean_lora_w_error']:.2f}) over "
+              f"{result['n_layers']} layers in {result['seconds']['total']:.1f} s → {args.out}", file=sys.stderr)
+    else:
+        print(f"labkit detune: recovered {result['n_layers']} layers in {result['seconds']['total']:.1f} s → "
+              f"{args.out}", file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="labkit: a lab kit on learning from model weights")
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +215,49 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--ft-variant", choices=["normalised", "max_abs"], default="normalised",
                     help="ft distance: the official code's min-max normalised max (default) or the paper's max |Δ|")
     tr.set_defaults(func=_cmd_trees_recover)
+
+    ex = sub.add_parser("export", help="write a mini-jungle zoo in a public benchmark's format "
+                                       "(Model-J, LoRA-WiSE, LoWRA Bench)")
+    ex.add_argument("recipe", help="digit-trees (model-j), digit-diffusion (lora-wise, lowra), minilm-lora (lowra)")
+    ex.add_argument("--format", required=True, choices=["model-j", "lora-wise", "lowra"])
+    ex.add_argument("--profile", default=None, help="zoo profile (builds the zoo first if needed)")
+    ex.add_argument("--out", required=True, help="folder to write into (configs already there are kept)")
+    ex.add_argument("--n-loras", type=int, default=None, help="lowra: keep the first N LoRAs (15 = the "
+                                                               "benchmark's exact 80 columns; default all)")
+    ex.set_defaults(func=_cmd_export)
+
+    dt = sub.add_parser("detune", help="Spectral DeTuning (lab 05) on LoWRA Bench or on your own fine-tuned "
+                                       "checkpoints; prints the result as JSON")
+    src = dt.add_mutually_exclusive_group()
+    src.add_argument("--lowra", metavar="DIR", help="a LoWRA Bench folder (<subset>/train-*.parquet)")
+    src.add_argument("--checkpoints", metavar="C", nargs="+", help="2+ fine-tunes of one base: safetensors files "
+                                                                   "(LoRAs merged) or peft adapter folders")
+    dt.add_argument("--subset", help="LoWRA subset: vit, stable-diffusion-1.5, mistral-7b-v0.1-sft, "
+                                     "mistral-7b-v0.1-dpo (or an exported one)")
+    pick = dt.add_mutually_exclusive_group()
+    pick.add_argument("--n-loras", type=int, default=None,
+                      help="how many LoRAs, drawn as the official code does (seeded random.sample); default per "
+                           "subset: 5 (vit, sd), 12 (sft), 8 (dpo)")
+    pick.add_argument("--lora-ids", type=int, nargs="+", default=None, help="exactly these LoRAs (e.g. 13 6 12 14 0)")
+    dt.add_argument("--layers", type=int, nargs="+", default=None, help="layer (row) indices; default all")
+    dt.add_argument("--end-rank", "--rank", dest="end_rank", type=int, default=None,
+                    help="the scheduler's end rank (≥ the LoRA rank); default per subset: 16 (vit), 32 (sd), "
+                         "64 (mistral); checkpoints: the largest adapter rank, else 16")
+    dt.add_argument("--iters", type=int, default=None, help="iterations; default 300 (1000 for mistral)")
+    dt.add_argument("--base", help="--checkpoints: the pre-fine-tuning model (safetensors file or folder with "
+                                   "model.safetensors); adapters are merged onto it and W-Error is reported against it")
+    dt.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    dt.add_argument("--seed", type=int, default=0, help="seed of the LoRA choice and the randomized SVDs (default 0)")
+    dt.add_argument("--out", required=True, help="folder for recovered*.safetensors and result.json")
+    dt.add_argument("--json", metavar="FILE", help="write the JSON result here instead of stdout")
+    dt.set_defaults(func=_cmd_detune)
+
+    ins = sub.add_parser("inspect", help="what a model file or folder holds (safetensors, peft adapter, zoo, "
+                                         "LoWRA/LoRA-WiSE parquet, Model-J, torch checkpoints, VTHR pickles)")
+    ins.add_argument("path")
+    ins.add_argument("--all", action="store_true", help="list every tensor (default: the first 40)")
+    ins.add_argument("--json", action="store_true", help="print the description as JSON")
+    ins.set_defaults(func=_cmd_inspect)
     return p
 
 

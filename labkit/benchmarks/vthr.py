@@ -1,0 +1,82 @@
+"""VTHR — ViT Tree Heritage Recovery (MoTHer, Horwitz et al. ICLR 2025; spec ``model_trees.md`` §B.5).
+
+The ground-truth Model Graphs ship as pickles ``dataset/{full_ft,lora_f,lora_v}_model_graph.pkl`` of the
+classes ``model_graph.{ModelGraph,ModelGraphNode,ModelGraphNodeMetadata}`` (FT) and
+``model_graph_lora.{LoRAModelGraph,LoRAModelGraphNode,LoRAModelGraphNodeMetadata}`` (LoRA). They are read with
+``restricted_load`` and an allow-list of exactly those six classes (as state-holding stubs) — their code is never
+imported or run. Graph: ``roots``; node: ``is_root``, ``is_leaf``, ``metadata``, ``children``, ``parent``;
+metadata: ``component_id`` (tree), ``depth``, ``dataset_name``, ``num_classes``, ``dataset_short_name``,
+``seed``, ``uuid``, ``model_path`` (hub repo id or a local folder) and, for LoRA graphs, ``lora_rank``.
+
+Public API::
+
+    g = load_vthr_graph("dataset/full_ft_model_graph.pkl")
+    g.nodes        # [{"uuid", "tree", "depth", "parent" (uuid | None), "dataset_name", "num_classes",
+                   #   "dataset_short_name", "seed", "model_path", "lora_rank"}], roots first, depth-first
+    g.edges        # [(parent uuid, child uuid)]
+    g.model_file(uuid, root=None)   # <root>/<model_path>/model.safetensors (root: where the repos were saved)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from labkit.benchmarks import BenchmarkFormatError, require
+from labkit.benchmarks.safe_pickle import restricted_load, stub
+
+__all__ = ["VTHR_CLASSES", "VthrGraph", "load_vthr_graph"]
+
+VTHR_CLASSES = {f"{m}.{p}{n}": stub(m, f"{p}{n}")
+                for m, p in (("model_graph", ""), ("model_graph_lora", "LoRA"))
+                for n in ("ModelGraph", "ModelGraphNode", "ModelGraphNodeMetadata")}
+_FIELDS = ("dataset_name", "num_classes", "dataset_short_name", "seed", "model_path")
+
+
+@dataclass
+class VthrGraph:
+    """A VTHR Model Graph as plain data: node rows (roots first, depth-first) and directed parent→child edges."""
+
+    nodes: list[dict]
+    edges: list[tuple[str, str]]
+
+    def model_file(self, uuid: str, root: str | Path | None = None) -> Path:
+        """The node's ``model.safetensors``: ``<root>/<model_path>`` (hub id or local folder) or its basename."""
+        node = next((n for n in self.nodes if n["uuid"] == uuid), None)
+        if node is None:
+            raise KeyError(f"no node {uuid!r} in this graph")
+        base = Path(root) if root is not None else Path()
+        for cand in (base / node["model_path"], base / Path(node["model_path"]).name):
+            if (cand / "model.safetensors").is_file():
+                return cand / "model.safetensors"
+        return require(base / node["model_path"] / "model.safetensors", f"VTHR model {node['model_path']}",
+                       f"download.py vthr --dest {base}")
+
+
+def load_vthr_graph(path: str | Path) -> VthrGraph:
+    """Read a VTHR tree pickle safely into a ``VthrGraph``."""
+    path = require(path, "VTHR tree pickle", None)
+    graph = restricted_load(path, VTHR_CLASSES)
+    roots = getattr(graph, "roots", None)
+    if not isinstance(roots, list) or not roots:
+        raise BenchmarkFormatError(f"{path}: not a VTHR model graph (no 'roots' list)")
+    nodes, edges, seen = [], [], set()
+    stack = list(reversed(roots))
+    while stack:
+        node = stack.pop()
+        meta = getattr(node, "metadata", None)
+        uuid = getattr(meta, "uuid", None)
+        if uuid is None:
+            raise BenchmarkFormatError(f"{path}: a node without metadata.uuid; not a VTHR model graph")
+        if uuid in seen:
+            continue
+        seen.add(uuid)
+        parent = getattr(node, "parent", None)
+        parent_uuid = getattr(getattr(parent, "metadata", None), "uuid", None)
+        if parent_uuid is not None:
+            edges.append((parent_uuid, uuid))
+        nodes.append({"uuid": uuid, "tree": getattr(meta, "component_id", None), "depth": getattr(meta, "depth", None),
+                      "parent": parent_uuid, **{f: getattr(meta, f, None) for f in _FIELDS},
+                      "lora_rank": getattr(meta, "lora_rank", None)})
+        stack.extend(reversed(getattr(node, "children", None) or []))
+    return VthrGraph(nodes, edges)

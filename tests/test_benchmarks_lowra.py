@@ -1,0 +1,117 @@
+"""LoWRA Bench loader on the fixture (spectral_detuning.md §3): exact W_P, merge rule, streaming, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
+from labkit.benchmarks.lowra import open_lowra
+
+FIX = Path(__file__).parent / "fixtures" / "lowra"
+SHARD = FIX / "vit" / "train-00000-of-00001.parquet"
+
+
+def test_layout_and_exact_weights():
+    sub = open_lowra(FIX, "vit")
+    assert sub.n_layers == 2 and sub.lora_ids == list(range(15))
+    assert len(pq.read_schema(SHARD).names) == 80
+    info = sub.layer_info(1)
+    assert info["layer_name"].endswith("attention.value") and info["ranks"] == [16] * 15
+    expected = load_file(str(FIX / "expected.safetensors"))
+    layers = list(sub.iter_layers())
+    assert [lay.index for lay in layers] == [0, 1]
+    for lay in layers:
+        assert torch.equal(lay.W_pre, expected[f"layer_{lay.index}"])
+        assert lay.A.shape == (15, 16, 32) and lay.B.shape == (15, 40, 16)
+        merged = lay.merged()
+        assert merged.shape == (15, 40, 32) and merged.dtype == torch.float32
+        k = 7
+        torch.testing.assert_close(merged[k], lay.W_pre + (16 / 16) * lay.B[k] @ lay.A[k])
+        assert not torch.equal(merged[k], lay.W_pre)  # non-zero B, as the official code asserts
+
+
+def test_subset_of_loras_and_layers_reads_only_those():
+    sub = open_lowra(FIX, "vit")
+    (lay,) = sub.iter_layers(lora_ids=[3, 0], layers=[1])
+    full = next(iter(sub.iter_layers(layers=[1])))
+    assert lay.index == 1 and lay.lora_names == ["vit_lora_3", "vit_lora_0"]
+    assert torch.equal(lay.A, full.A[[3, 0]]) and torch.equal(lay.B, full.B[[3, 0]])
+    with pytest.raises(ValueError, match="not in this subset"):
+        next(sub.iter_layers(lora_ids=[15]))
+    with pytest.raises(IndexError, match="out of range"):
+        next(sub.iter_layers(layers=[2]))
+
+
+def test_folder_layout_without_card(tmp_path):
+    shutil.copytree(FIX / "vit", tmp_path / "vit")
+    assert open_lowra(tmp_path, "vit").n_layers == 2
+
+
+def test_missing_subset_names_the_download_command(tmp_path):
+    with pytest.raises(BenchmarkMissingError, match=r"data_scripts/download.py lowra --subset mistral"):
+        open_lowra(FIX, "mistral-7b-v0.1-sft")
+
+
+def test_truncated_shard(tmp_path):
+    (tmp_path / "vit").mkdir()
+    data = SHARD.read_bytes()
+    (tmp_path / "vit" / SHARD.name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(BenchmarkFormatError, match="truncated or corrupt"):
+        open_lowra(tmp_path, "vit")
+
+
+def test_wrong_schema(tmp_path):
+    (tmp_path / "vit").mkdir()
+    t = pq.read_table(SHARD).drop_columns(["pre_ft_weight"])
+    pq.write_table(t, tmp_path / "vit" / SHARD.name)
+    with pytest.raises(BenchmarkFormatError, match=r"missing columns \['pre_ft_weight'\]"):
+        open_lowra(tmp_path, "vit")
+    t = pq.read_table(SHARD)
+    t = t.set_column(t.schema.get_field_index("lora_0_A_weight"), "lora_0_A_weight",
+                     pa.array([[1.0]] * 2, pa.list_(pa.float64())))
+    pq.write_table(t, tmp_path / "vit" / SHARD.name)
+    with pytest.raises(BenchmarkFormatError, match="wrong column types"):
+        open_lowra(tmp_path, "vit")
+
+
+def test_wrong_rank(tmp_path):
+    (tmp_path / "vit").mkdir()
+    t = pq.read_table(SHARD)
+    t = t.set_column(t.schema.get_field_index("lora_2_rank"), "lora_2_rank", pa.array([8, 8], pa.int64()))
+    pq.write_table(t, tmp_path / "vit" / SHARD.name)
+    sub = open_lowra(tmp_path, "vit")
+    with pytest.raises(BenchmarkFormatError, match="do not fit rank 8"):
+        next(sub.iter_layers(lora_ids=[2]))
+
+
+def test_streams_only_the_chosen_columns_and_row_groups():
+    sub = open_lowra(FIX, "vit")
+    calls = []
+    pf = sub._pf[0]
+    real = pf.iter_batches
+
+    def spy(**kw):
+        calls.append(kw)
+        return real(**kw)
+
+    pf.iter_batches = spy
+    (lay,) = sub.iter_layers(lora_ids=[4], layers=[1])
+    assert lay.A.shape == (1, 16, 32)
+    assert len(calls) == 1 and calls[0]["row_groups"] == [1] and calls[0]["batch_size"] == 1
+    assert not any(c.startswith(("lora_0_", "lora_5_")) for c in calls[0]["columns"])
+    assert {c for c in calls[0]["columns"] if c.startswith("lora_")} == {f"lora_4_{p}" for p in
+                                                                         ("name", "A_weight", "B_weight", "rank", "alpha")}
+
+
+def test_card_yaml_maps_the_subset_to_its_files(tmp_path):
+    shutil.copytree(FIX / "vit", tmp_path / "elsewhere")
+    (tmp_path / "README.md").write_text("---\nconfigs:\n- config_name: custom\n  data_files:\n  - split: train\n"
+                                        "    path: elsewhere/train-*\n---\n")
+    assert open_lowra(tmp_path, "custom").n_layers == 2

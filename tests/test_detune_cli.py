@@ -1,0 +1,190 @@
+"""`labkit detune`: Spectral DeTuning on LoWRA Bench files and on a user's own checkpoints (labkit.replicate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_export import build_zoo
+
+from labkit.cli import main
+from labkit.lora import lora_factors
+from labkit.replicate.detune import default_lora_ids, detune_lowra
+from labkit.text import minilm_path
+from labkit.zoo import export as E
+from labkit.zoo.recipes import digit_diffusion as dd
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "lowra"  # vit: 2 layers 40×32, 15 LoRAs of rank 16, known W_P
+
+
+@pytest.fixture(scope="module")
+def diffusion(tmp_path_factory):
+    return build_zoo(tmp_path_factory, "digit-diffusion")
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    return build_zoo(tmp_path_factory, "minilm-lora")
+
+
+def detune(*args, capsys) -> tuple[int, dict | None, str]:
+    code = main(["detune", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 and out.strip() else None), err
+
+
+def test_official_lora_choice():
+    assert default_lora_ids(range(15), 5) == [13, 6, 12, 14, 0]
+    assert default_lora_ids(range(15), 12) == [13, 6, 12, 14, 0, 4, 8, 7, 3, 2, 11, 5]
+
+
+# ------------------------------------------------------------------------------------------------ LoWRA
+
+
+def test_lowra_fixture_recovers_the_pre_fine_tuning_weights(tmp_path, capsys):
+    code, res, err = detune("--lowra", FIXTURE, "--subset", "vit", "--n-loras", 15, "--device", "cpu",
+                            "--out", tmp_path, capsys=capsys)
+    assert code == 0, err
+    assert res["n_loras"] == 15 and res["end_rank"] == 16 and res["n_iters"] == 300  # vit's defaults
+    expected = load_file(FIXTURE / "expected.safetensors")
+    recovered = load_file(tmp_path / "recovered.safetensors")
+    assert [layer["name"] for layer in res["layers"]] == list(recovered) == [
+        "vit.vit.encoder.layer.0.attention.attention.query", "vit.vit.encoder.layer.0.attention.attention.value"]
+    for i, name in enumerate(recovered):
+        mse = (recovered[name] - expected[f"layer_{i}"]).double().square().mean().item()
+        assert res["layers"][i]["log10_mse"] == pytest.approx(torch.log10(torch.tensor(mse)).item(), abs=1e-6)
+    assert res["w_error"] < -15 and res["mean_lora_w_error"] > -8  # paper: −17.8 against −7.5 (SD)
+    assert res["converged_share"] == 1.0 and res["mean_lora_converged_share"] == 0.0
+    assert res["seconds"]["total"] > 0 and json.loads((tmp_path / "result.json").read_text()) == res
+
+
+def test_lowra_defaults_follow_the_paper(tmp_path):
+    res = detune_lowra(FIXTURE, "vit", tmp_path, layers=[1], n_iters=20, device="cpu")
+    assert res["lora_ids"] == [13, 6, 12, 14, 0] and res["end_rank"] == 16 and res["n_iters"] == 20
+    assert [layer["index"] for layer in res["layers"]] == [1]
+    res = detune_lowra(FIXTURE, "vit", tmp_path, lora_ids=[1, 2, 3], n_iters=5, device="cpu", shard_bytes=1)
+    assert res["lora_ids"] == [1, 2, 3] and res["n_layers"] == 2
+    index = json.loads((tmp_path / "recovered.safetensors.index.json").read_text())["weight_map"]
+    assert sorted(index.values()) == ["recovered-00001-of-00002.safetensors", "recovered-00002-of-00002.safetensors"]
+    assert not (tmp_path / "recovered.safetensors").exists()  # the first run's single file was replaced
+    for name, file in index.items():
+        assert list(load_file(tmp_path / file)) == [name]
+
+
+def test_lowra_export_of_a_mini_jungle_zoo(diffusion, tmp_path, capsys):
+    E.export_lowra(diffusion, tmp_path / "bench")
+    result = tmp_path / "result.json"
+    code, res, err = detune("--lowra", tmp_path / "bench", "--subset", "digit-diffusion", "--out", tmp_path / "rec",
+                            "--json", result, capsys=capsys)
+    assert code == 0 and res is None, err  # --json: nothing on stdout
+    res = json.loads(result.read_text())
+    assert res["lora_ids"] == [13, 6, 12, 14, 0] and res["end_rank"] == 8 and res["n_layers"] == 8
+    assert res["w_error"] < -16 and res["mean_lora_w_error"] > -8
+    assert "W-Error" in err and "Mean-LoRA" in err
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoints_peft_adapters_on_a_base(minilm, tmp_path, capsys):
+    base = minilm_path() / "model.safetensors"
+    adapters = [minilm.path(i) for i in minilm.ids()]
+    code, res, err = detune("--checkpoints", *adapters, "--base", base, "--out", tmp_path, capsys=capsys)
+    assert code == 0, err
+    assert res["end_rank"] == 8 and res["n_layers"] == 6 and res["unchanged"] == 0  # r from adapter_config.json
+    assert res["w_error"] < -15 and res["mean_lora_w_error"] > -7
+    recovered, W_P = load_file(tmp_path / "recovered.safetensors"), load_file(base)
+    assert sorted(recovered) == sorted(f"encoder.layer.{i}.attention.self.{p}.weight" for i in (4, 5)
+                                       for p in ("query", "key", "value"))
+    for name, W in recovered.items():
+        assert (W - W_P[name]).square().mean() < 1e-14
+
+
+def test_checkpoints_merged_safetensors_without_and_with_base(diffusion, tmp_path, capsys):
+    root = diffusion.path(dd.ROOT_ID)  # a folder holding model.safetensors
+    base = load_file(root / "model.safetensors")
+    files = []
+    for r in [r for r in diffusion.rows() if r.get("zoo") == "detune"][:6]:
+        tensors, config = diffusion.load_adapter_weights(r["id"])
+        merged = dict(base)
+        for layer, (A, B) in lora_factors(tensors).items():
+            merged[f"{layer}.weight"] = base[f"{layer}.weight"] + config["lora_alpha"] / config["r"] * B @ A
+        files.append(tmp_path / f"{r['id']}.safetensors")
+        save_file(merged, str(files[-1]))
+    code, res, err = detune("--checkpoints", *files, "--rank", 8, "--iters", 200, "--out", tmp_path / "a",
+                            capsys=capsys)
+    assert code == 0, err
+    assert "w_error" not in res and res["n_layers"] == 8  # only the 8 adapted weights differ
+    assert res["unchanged"] == sum(t.ndim == 2 for t in base.values()) - 8
+    recovered = load_file(tmp_path / "a" / "recovered.safetensors")
+    assert sorted(recovered) == sorted(f"{t}.weight" for t in dd.LORA_TARGETS)
+    assert all((W - base[name]).square().mean() < 1e-15 for name, W in recovered.items())
+
+    code, res, err = detune("--checkpoints", *files, "--base", root, "--rank", 8, "--iters", 10,
+                            "--out", tmp_path / "b", capsys=capsys)  # --base only adds the scores
+    assert code == 0, err
+    assert res["n_layers"] == 8 and res["mean_lora_w_error"] > -8 and res["w_error"] < res["mean_lora_w_error"]
+
+
+def test_checkpoints_adapters_of_the_diffusion_zoo(diffusion, tmp_path, capsys):
+    adapters = [diffusion.path(r["id"]) for r in diffusion.rows() if r.get("zoo") == "detune"][:5]
+    code, res, err = detune("--checkpoints", *adapters, "--base", diffusion.path(dd.ROOT_ID), "--out", tmp_path,
+                            capsys=capsys)
+    assert code == 0, err
+    assert res["n_loras"] == 5 and res["w_error"] < -16 and res["w_error"] < res["mean_lora_w_error"] - 8
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_errors_are_one_line(minilm, tmp_path, capsys):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"w": torch.randn(8, 6)}, str(a))
+    save_file({"w": torch.randn(8, 5)}, str(b))
+    nan = tmp_path / "nan.safetensors"
+    save_file({"w": torch.full((8, 6), float("nan"))}, str(nan))
+    other = tmp_path / "other.safetensors"
+    save_file({"v": torch.randn(8, 6)}, str(other))
+    adapters = [minilm.path(i) for i in minilm.ids()[:2]]
+    cases = [
+        (["--checkpoints", a], "at least 2"),
+        (["--checkpoints", a, b], "shape"),
+        (["--checkpoints", a, other], "different 2-D weights"),
+        (["--checkpoints", a, nan], "NaN"),
+        (["--checkpoints", a, tmp_path / "missing.safetensors"], "does not exist"),
+        (["--checkpoints", *adapters], "--base"),
+        (["--checkpoints", *adapters, "--base", minilm_path() / "model.safetensors", "--rank", 384], "not below"),
+        (["--lowra", FIXTURE, "--subset", "vit", "--end-rank", 32], "not below"),
+        (["--lowra", FIXTURE, "--subset", "sd-2"], "unknown LoWRA subset 'sd-2'.*'vit'"),
+        (["--lowra", tmp_path / "nowhere", "--subset", "vit"], "not found|no parquet"),
+        (["--lowra", FIXTURE, "--subset", "vit", "--n-loras", 16], "has 15"),
+        (["--lowra", FIXTURE, "--subset", "vit", "--lora-ids", 3], "at least 2"),
+        (["--lowra", FIXTURE, "--subset", "vit", "--layers", 7], "out of range"),
+        (["--lowra", FIXTURE], "--subset"),
+        (["--checkpoints", a, a], "twice"),
+    ]
+    for args, message in cases:
+        code, _, err = detune(*args, "--iters", 3, "--device", "cpu", "--out", tmp_path / "out", capsys=capsys)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("labkit detune: "), (args, err)
+        assert re.search(message, last), (args, last)
+
+
+def test_console_script(tmp_path):
+    script = Path(sys.executable).parent / "labkit"
+    res = subprocess.run([str(script), "detune", "--lowra", str(FIXTURE), "--subset", "vit", "--n-loras", "15",
+                          "--iters", "300", "--layers", "0", "--device", "cpu", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["n_layers"] == 1 and out["w_error"] < -15
+    assert (tmp_path / "recovered.safetensors").is_file()
