@@ -18,9 +18,13 @@ wrong rank. Tests run every loader on small files in the real formats (``tests/f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["BenchmarkFormatError", "BenchmarkMissingError", "require"]
+__all__ = ["BenchmarkFormatError", "BenchmarkMissingError", "data_root", "require"]
+
+# where each benchmark lands under data_root(): the `--dest` the README's download commands use
+FOLDERS = {"lowra": "lowra", "lora-wise": "lora_wise", "model-j": "model_j", "probegen": "probegen"}
 
 
 class BenchmarkFormatError(ValueError):
@@ -29,6 +33,26 @@ class BenchmarkFormatError(ValueError):
 
 class BenchmarkMissingError(FileNotFoundError):
     """A benchmark is not on disk; the message names the download command that fetches it."""
+
+
+def data_root(benchmark: str | None = None) -> Path:
+    """The folder of the downloaded public benchmarks: ``$LABKIT_DATA``, else ``data`` in the checkout.
+
+    With ``benchmark`` ("lowra", "lora-wise", "model-j", "probegen") the benchmark's own sub-folder, e.g.
+    ``data/lora_wise`` — where ``python data_scripts/download.py lora-wise --dest data/lora_wise`` puts it.
+    """
+    env = os.environ.get("LABKIT_DATA")
+    if env:
+        root = Path(env).expanduser().resolve()
+    else:
+        from labkit.session import kit_home
+
+        root = kit_home().parent / "data"
+    if benchmark is None:
+        return root
+    if benchmark not in FOLDERS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(FOLDERS)}")
+    return root / FOLDERS[benchmark]
 
 
 def require(path: str | Path, what: str, download: str | None) -> Path:
