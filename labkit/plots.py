@@ -8,7 +8,8 @@ from matplotlib.figure import Figure
 
 from labkit.spectra import energy_fraction, singular_values
 
-__all__ = ["forest_figure", "image_grid", "layer_figure", "tree_comparison_figure", "tree_layout"]
+__all__ = ["forest_figure", "image_grid", "layer_figure", "layer_sweep_figure", "probe_figure", "retrieval_figure",
+           "tree_comparison_figure", "tree_layout"]
 
 
 def layer_figure(W: torch.Tensor, W_init: torch.Tensor | None = None, name: str = "layer", k: int = 5) -> Figure:
@@ -291,5 +292,163 @@ def detuning_figure(w_error_trace, rank_trace, it: int, samples: torch.Tensor | 
         axes[0, 1].axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ DSiRe (lab 04)
+
+
+def dsire_phenomenon_figure(norms: torch.Tensor, spectra: torch.Tensor, sizes, layers, spectrum_layer: str,
+                            title: str = "") -> Figure:
+    """The dataset-size signal (lab 04): left, the mean ‖B·A‖_F of every layer against the dataset size n;
+    right, the mean σ(B·A) of ``spectrum_layer`` for each n. ``norms: [N, L]``, ``spectra: [N, r]``, ``sizes: [N]``."""
+    sizes = torch.as_tensor(sizes)
+    ns = sizes.unique().tolist()
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.3))
+    for j, name in enumerate(layers):
+        means = [norms[sizes == n, j].double().mean().item() for n in ns]
+        axes[0].plot(ns, means, "o-", ms=3, lw=1, label=name)
+    axes[0].set_xlabel("dataset size n (images)")
+    axes[0].set_ylabel("mean ‖B·A‖_F")
+    axes[0].set_title("Frobenius norm per layer", fontsize=9)
+    axes[0].legend(fontsize=6, ncol=2)
+    cmap = plt.get_cmap("viridis")
+    for k, n in enumerate(ns):
+        s = spectra[sizes == n].double().mean(0)
+        axes[1].plot(range(1, len(s) + 1), s.numpy(), "o-", ms=3, color=cmap(k / max(1, len(ns) - 1)), label=f"n={n}")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("index i")
+    axes[1].set_ylabel("mean σ_i(B·A)")
+    axes[1].set_title(f"singular values of B·A, layer {spectrum_layer}", fontsize=9)
+    axes[1].legend(fontsize=6, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def dsire_votes_figure(votes: dict, truth: int, prediction: int, classes, curve: dict | None = None,
+                       n_train_sets: int | None = None, title: str = "") -> Figure:
+    """One model's DSiRe votes (lab 04): a grid of voters (rows A / B / B·A, columns layers) coloured by the size
+    each voted for, next to the truth and the majority; optionally the accuracy against the number of training
+    sets (``curve: {"n_train_sets": [K], "accuracy_mean": [K], "accuracy_std": [K]}``, the paper's Fig. 5)."""
+    import numpy as np
+
+    classes = sorted(int(c) for c in classes)
+    layers = [k for k in votes if not k.endswith((".down", ".up"))]
+    grid = np.array([[classes.index(int(votes[f"{layer}{suffix}"])) for layer in layers]
+                     for suffix in (".down", ".up", "")], dtype=float)
+    ncols = 2 if curve is not None else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5.0 + 3.6 * (ncols - 1), 3.0), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.5, 1][:ncols]})
+    ax = axes[0, 0]
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=len(classes) - 1, aspect="auto")
+    for (i, j), c in np.ndenumerate(grid):
+        n = classes[int(c)]
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color="red" if n != truth else "white")
+    ax.set_yticks(range(3), ["σ(A)", "σ(B)", "σ(B·A)"])
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+    cbar = fig.colorbar(im, ax=ax, ticks=range(len(classes)))
+    cbar.ax.set_yticklabels([str(c) for c in classes], fontsize=7)
+    ok = "✓" if prediction == truth else "✗"
+    ax.set_title(f"votes (red: wrong) → majority {prediction}, truth {truth} {ok}", fontsize=9)
+    if curve is not None:
+        ax = axes[0, 1]
+        x = np.asarray(curve["n_train_sets"])
+        m, s = np.asarray(curve["accuracy_mean"]), np.asarray(curve["accuracy_std"])
+        ax.plot(x, m, "o-", ms=3)
+        ax.fill_between(x, m - s, m + s, alpha=0.25)
+        ax.axhline(100 / len(classes), color="grey", ls=":", lw=1, label="chance")
+        if n_train_sets is not None:
+            ax.axvline(n_train_sets, color="k", lw=1)
+        ax.set_xlabel("training personalisation sets")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("accuracy vs training sets (Fig. 5)", fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# -------------------------------------------------------------------------------------------- ProbeGen (lab 03)
+
+
+def probe_figure(panels: dict, title: str | None = None, max_images: int = 32) -> Figure:
+    """Probes side by side, one panel per ``name → probes``: INR coordinates ``[T, 2]`` as points in the
+    ``[−1, 1]²`` image square (row, col), CNN probes ``[T, 1, H, W]`` as a grid of their first ``max_images``
+    (grey scale symmetric around 0, to the panel's largest absolute value)."""
+    panels = {k: v.detach().float().cpu() for k, v in panels.items()}
+    images = [v.dim() == 4 for v in panels.values()]
+    per_row = 8
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), squeeze=False)
+    for ax, (name, P), is_image in zip(axes[0], panels.items(), images):
+        if is_image:
+            P = P[:max_images, 0]
+            n, (h, w) = len(P), P.shape[1:]
+            ncol = min(per_row, n)
+            nrow = (n + ncol - 1) // ncol
+            grid = torch.full((nrow * (h + 1) - 1, ncol * (w + 1) - 1), float("nan"))
+            for i, img in enumerate(P):
+                r, c = divmod(i, ncol)
+                grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+            lim = float(P.abs().max()) or 1.0
+            ax.imshow(grid.numpy(), cmap="gray", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.axis("off")
+            name = f"{name}\n(grey = 0, white = +{lim:.2g})"
+        else:
+            ax.add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, ls="--", color="grey"))
+            ax.scatter(P[:, 1].numpy(), P[:, 0].numpy(), s=9)
+            lim = max(1.1, float(P.abs().max()) * 1.05)
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(lim, -lim)
+            ax.set_aspect("equal")
+            ax.set_xlabel("column")
+            ax.set_ylabel("row")
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ ProbeX (lab 02)
+
+
+def retrieval_figure(query: str, descriptions, scores, samples: torch.Tensor, nrow: int = 4) -> Figure:
+    """The top-k models a text query retrieves: one sample grid per model, titled with its description and cosine
+    score (lab 02). ``samples: [k, n, H, W]`` in [0, 1]; ``descriptions``, ``scores``: k each."""
+    k = len(descriptions)
+    fig, axes = plt.subplots(1, k, figsize=(2.2 * k, 2.7), squeeze=False)
+    for ax, desc, score, imgs in zip(axes[0], descriptions, scores, samples):
+        imgs = imgs.detach().float().cpu()
+        n, h, w = imgs.shape
+        ncol = min(nrow, n)
+        rows = (n + ncol - 1) // ncol
+        grid = torch.zeros(rows * (h + 1) + 1, ncol * (w + 1) + 1)
+        for i in range(n):
+            r, c = divmod(i, ncol)
+            grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = imgs[i]
+        ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{desc}\ncos {float(score):.2f}", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"query: “{query}”", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def layer_sweep_figure(layers, curves: dict, chance: float | None = None, title: str = "") -> Figure:
+    """Validation accuracy per layer for several learners: ``curves: {learner: [len(layers)] values}`` (lab 02)."""
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(layers), 3.0))
+    for name, values in curves.items():
+        ax.plot(range(len(layers)), values, marker="o", label=name)
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

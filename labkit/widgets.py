@@ -14,7 +14,8 @@ import torch
 from labkit.plots import layer_figure
 from labkit.spectra import energy_fraction
 
-__all__ = ["DetuningExplorer", "LayerExplorer", "TreeExplorer", "detuning_view", "figure_png", "layer_summary"]
+__all__ = ["DSiReExplorer", "DetuningExplorer", "LayerExplorer", "ProbeGenExplorer", "RetrievalExplorer", "TreeExplorer", "detuning_view",
+           "dsire_view", "figure_png", "layer_summary", "probegen_view"]
 
 
 def figure_png(fig, dpi: int = 90) -> bytes:
@@ -176,4 +177,160 @@ class DetuningExplorer(_Explorer):
         self._show(f"iteration {view['iteration']}: {w}, rank {view['rank']}",
                    detuning_figure(self.w_error_trace, self.rank_trace, max(1, view["iteration"]), view["samples"],
                                    self.mean_lora_error))
+        return self.state
+
+
+def dsire_view(features: dict, sizes, sets, model: int, n_train_sets: int, seed: int = 42) -> dict:
+    """What the DSiRe explorer shows (lab 04): model ``model``'s votes and prediction when DSiRe is fitted on the
+    models of ``n_train_sets`` personalisation sets — the first seed-``seed`` split (``dsire.split_sets``) that
+    holds the model's own set out. ``features: {voter: [N, d]}``, ``sizes, sets: [N]``.
+
+    Returns ``{"model", "truth", "prediction", "votes": {voter: size}, "train_sets", "n_train_sets"}``.
+    """
+    from labkit.methods import dsire
+
+    sizes = torch.as_tensor(sizes).long()
+    names = sorted(set(sets))
+    if not 0 <= model < len(sizes):
+        raise ValueError(f"model index {model} out of range: there are {len(sizes)} models")
+    own = names.index(sets[model])
+    split = next((s for s in dsire.split_sets(len(names), n_train_sets, 100, seed) if own not in s), None)
+    if split is None:
+        raise ValueError(f"no split of {n_train_sets} training sets leaves set {sets[model]!r} out")
+    train_names = {names[i] for i in split}
+    tr = torch.tensor([i for i in range(len(sizes)) if sets[i] in train_names])
+    pred, votes = dsire.predict({k: v[tr] for k, v in features.items()}, sizes[tr],
+                                {k: v[model:model + 1] for k, v in features.items()})
+    return {"model": model, "truth": int(sizes[model]), "prediction": int(pred[0]),
+            "votes": {k: int(v) for k, v in zip(features, votes[0])}, "train_sets": sorted(train_names),
+            "n_train_sets": n_train_sets}
+
+
+class DSiReExplorer(_Explorer):
+    """Pick a test LoRA and a number of training personalisation sets; see every voter's vote, the majority and the
+    truth, next to DSiRe's accuracy against the number of training sets (lab 04, the paper's Fig. 5).
+
+    ``features: {voter: [N, r]}`` from ``dsire.dsire_features``; ``sizes, sets: [N]``; ``labels``: a name per model
+    for the dropdown; ``curve``: ``{"n_train_sets", "accuracy_mean", "accuracy_std"}`` (lists), computed once by the
+    notebook with ``dsire.evaluate``. The callback calls ``dsire_view`` and ``labkit.plots.dsire_votes_figure``.
+    """
+
+    def __init__(self, features: dict, sizes, sets, labels, curve: dict, n_train_sets: int | None = None,
+                 model: int = 0, seed: int = 42):
+        import ipywidgets as widgets
+
+        if not features or len(labels) != len(sizes) or len(sets) != len(sizes):
+            raise ValueError("DSiReExplorer needs features and one size, set and label per model")
+        self.features, self.sizes, self.sets, self.curve, self.seed = features, sizes, list(sets), curve, seed
+        self.classes = sorted({int(s) for s in sizes})
+        options = list(curve["n_train_sets"])
+        self.model = widgets.Dropdown(options=[(str(lab), i) for i, lab in enumerate(labels)], value=model,
+                                      description="test LoRA")
+        self.n_train = widgets.SelectionSlider(options=options, value=n_train_sets or options[len(options) // 3],
+                                               description="train sets", continuous_update=False)
+        self._wire(self.model, self.n_train)
+
+    def update(self) -> dict:
+        """Recompute for the current controls; returns (and keeps) the new state."""
+        from labkit.plots import dsire_votes_figure
+
+        view = dsire_view(self.features, self.sizes, self.sets, self.model.value, self.n_train.value, self.seed)
+        k = list(self.curve["n_train_sets"]).index(view["n_train_sets"])
+        view["accuracy"] = float(self.curve["accuracy_mean"][k])
+        self.state = view
+        agree = sum(v == view["truth"] for v in view["votes"].values())
+        self._show(f"{self.model.label}: truth n = {view['truth']}, DSiRe says {view['prediction']} "
+                   f"({agree}/{len(view['votes'])} voters right); trained on {view['n_train_sets']} sets, "
+                   f"mean accuracy {view['accuracy']:.1f} %",
+                   dsire_votes_figure(view["votes"], view["truth"], view["prediction"], self.classes, self.curve,
+                                      view["n_train_sets"]))
+        return self.state
+
+
+def probegen_view(runs: dict, depth: int, n_probes: int) -> dict:
+    """What the ProbeGen explorer shows (lab 03): one cached run, picked by generator depth and number of probes.
+
+    ``runs``: ``{(gen_depth, n_probes): {"accuracy": float, "probes": [T, 2] or [T, C, H, W]}}`` (depth 0 = vanilla
+    probing). Returns ``{"depth", "n_probes", "accuracy", "probes", "vanilla_accuracy"}`` (the depth-0 run with the
+    same number of probes, or None).
+    """
+    key = (int(depth), int(n_probes))
+    if key not in runs:
+        have = ", ".join(f"depth {d}/{t} probes" for d, t in sorted(runs))
+        raise ValueError(f"no cached run with generator depth {key[0]} and {key[1]} probes; cached: {have}")
+    vanilla = runs.get((0, key[1]))
+    return {"depth": key[0], "n_probes": key[1], "accuracy": float(runs[key]["accuracy"]), "probes": runs[key]["probes"],
+            "vanilla_accuracy": None if vanilla is None else float(vanilla["accuracy"])}
+
+
+class ProbeGenExplorer(_Explorer):
+    """Pick the generator depth and the number of probes of a cached run; see its accuracy and its probes (lab 03).
+
+    ``runs`` as in ``probegen_view``; combinations that were not run say so instead of failing.
+    """
+
+    def __init__(self, runs: dict, depth: int | None = None, n_probes: int | None = None):
+        import ipywidgets as widgets
+
+        if not runs:
+            raise ValueError("ProbeGenExplorer needs at least one cached run {(depth, n_probes): {...}}")
+        self.runs = runs
+        depths = sorted({d for d, _ in runs})
+        counts = sorted({t for _, t in runs})
+        self.depth = widgets.Dropdown(options=[(f"{d} (vanilla)" if d == 0 else str(d), d) for d in depths],
+                                      value=depths[-1] if depth is None else depth, description="depth")
+        self.n_probes = widgets.Dropdown(options=counts, value=counts[-1] if n_probes is None else n_probes,
+                                         description="probes")
+        self._wire(self.depth, self.n_probes)
+
+    def update(self) -> dict:
+        """Recompute for the current controls; returns (and keeps) the new state."""
+        from labkit.plots import probe_figure
+
+        key = (self.depth.value, self.n_probes.value)
+        if key not in self.runs:
+            self.state = {"depth": key[0], "n_probes": key[1], "accuracy": None}
+            self.label.value = f"depth {key[0]} with {key[1]} probes was not run in this notebook"
+            return self.state
+        view = probegen_view(self.runs, *key)
+        self.state = view
+        name = "vanilla probes" if key[0] == 0 else f"deep linear generator, depth {key[0]}"
+        text = f"{name}, {key[1]} probes: test accuracy {view['accuracy']:.1%}"
+        if view["vanilla_accuracy"] is not None and key[0] != 0:
+            text += f" (vanilla {view['vanilla_accuracy']:.1%})"
+        self._show(text, probe_figure({f"depth {key[0]}, T = {key[1]}": view["probes"]}))
+        return self.state
+
+
+class RetrievalExplorer(_Explorer):
+    """Type a text query, see the top-k models it retrieves — sample grids and cosine scores (lab 02, ProbeX).
+
+    ``search(query, k) -> {"ids", "descriptions", "scores", "samples" [k, n, H, W]}`` is a plain function (the
+    notebook builds it from a trained ``ProbeXZeroShot``); the callback calls it and
+    ``labkit.plots.retrieval_figure``.
+    """
+
+    def __init__(self, search, query: str = "a mirrored handwritten three", k: int = 4, max_k: int = 8):
+        import ipywidgets as widgets
+
+        if not 1 <= k <= max_k:
+            raise ValueError(f"k must be between 1 and max_k={max_k}, got {k}")
+        self.search = search
+        self.query = widgets.Text(value=query, description="query", continuous_update=False)
+        self.k = widgets.IntSlider(value=k, min=1, max=max_k, description="top k", continuous_update=False)
+        self._wire(self.query, self.k)
+
+    def update(self) -> dict:
+        """Run the search for the current query and k; returns (and keeps) the result."""
+        from labkit.plots import retrieval_figure
+
+        query = self.query.value.strip()
+        if not query:
+            self.state = {"query": "", "ids": [], "descriptions": [], "scores": []}
+            self.label.value = "type a description, e.g. “a thick handwritten seven”"
+            return self.state
+        res = self.search(query, self.k.value)
+        self.state = {"query": query, **res}
+        best = ", ".join(f"{d} ({float(s):.2f})" for d, s in zip(res["descriptions"][:3], res["scores"][:3]))
+        self._show(f"“{query}” → {best}", retrieval_figure(query, res["descriptions"], res["scores"], res["samples"]))
         return self.state

@@ -45,9 +45,9 @@ def data_root(benchmark: str | None = None) -> Path:
     if env:
         root = Path(env).expanduser().resolve()
     else:
-        from labkit.session import kit_home
-
-        root = kit_home().parent / "data"
+        checkout = Path(__file__).resolve().parents[2]
+        is_checkout = (checkout / "pyproject.toml").is_file() and (checkout / "notebooks").is_dir()
+        root = checkout / "data" if is_checkout else Path("data").resolve()
     if benchmark is None:
         return root
     if benchmark not in FOLDERS:
