@@ -378,7 +378,7 @@ def dsire_votes_figure(votes: dict, truth: int, prediction: int, classes, curve:
 def probe_figure(panels: dict, title: str | None = None, max_images: int = 32) -> Figure:
     """Probes side by side, one panel per ``name → probes``: INR coordinates ``[T, 2]`` as points in the
     ``[−1, 1]²`` image square (row, col), CNN probes ``[T, 1, H, W]`` as a grid of their first ``max_images``
-    (grey scale symmetric around 0, to the panel's largest absolute value)."""
+    (grey scale symmetric around 0, to the 98th percentile of the panel's absolute values)."""
     panels = {k: v.detach().float().cpu() for k, v in panels.items()}
     images = [v.dim() == 4 for v in panels.values()]
     per_row = 8
@@ -393,10 +393,10 @@ def probe_figure(panels: dict, title: str | None = None, max_images: int = 32) -
             for i, img in enumerate(P):
                 r, c = divmod(i, ncol)
                 grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
-            lim = float(P.abs().max()) or 1.0
+            lim = float(torch.quantile(P.abs().flatten(), 0.98)) or 1.0  # robust to a few extreme pixels
             ax.imshow(grid.numpy(), cmap="gray", vmin=-lim, vmax=lim, interpolation="nearest")
             ax.axis("off")
-            name = f"{name}\n(grey = 0, white = +{lim:.2g})"
+            name = f"{name}\n(grey = 0, white ≥ +{lim:.2g})"
         else:
             ax.add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, ls="--", color="grey"))
             ax.scatter(P[:, 1].numpy(), P[:, 0].numpy(), s=9)
