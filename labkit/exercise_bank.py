@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from labkit.exercises import register
-from labkit.methods import dsire, mother, spectral_detuning
+from labkit.methods import dsire, mother, probegen, probex, spectral_detuning
 from labkit.spectra import energy_fraction
 
 
@@ -86,6 +86,170 @@ def hints() -> dict[str, str]:
     return {ex_id: ex.hint for ex_id, ex in EXERCISES.items()}
 
 
+# ----------------------------------------------------------------------------------------- lab 02: ProbeX
+
+
+def _lab02_probe_cases():
+    g = torch.Generator().manual_seed(2)
+    return [
+        ("4 layers 6×5, 3 probes, projection to 2", (torch.randn(4, 6, 5, generator=g), torch.randn(5, 3, generator=g),
+                                                   torch.randn(2, 6, generator=g))),
+        ("one wide layer 3×8, 4 probes, projection to 5", (torch.randn(1, 3, 8, generator=g),
+                                                         torch.randn(8, 4, generator=g), torch.randn(5, 3, generator=g))),
+        ("all-negative responses are cut to 0 by the ReLU", (torch.ones(2, 3, 3), torch.ones(3, 2), -torch.ones(4, 3))),
+        ("float64", (torch.randn(2, 4, 4, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g,
+                                                                                         dtype=torch.float64),
+                     torch.randn(3, 4, generator=g, dtype=torch.float64))),
+    ]
+
+
+def _lab02_cosine_cases():
+    g = torch.Generator().manual_seed(3)
+    e = torch.randn(5, 4, generator=g)
+    return [
+        ("5 models, 3 texts, dim 4", (e, torch.randn(3, 4, generator=g))),
+        ("scale does not matter: 10·e gives the same logits", (10 * e, torch.randn(2, 4, generator=g))),
+        ("a text equal to a model's embedding scores 1", (e[:2], e[1:2].clone())),
+        ("opposite vectors score −1", (torch.tensor([[1.0, 2.0]]), torch.tensor([[-2.0, -4.0]]))),
+    ]
+
+
+def _lab02_metric_cases():
+    return [
+        ("all right", (torch.tensor([[3.0, -2.0], [-1.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))),
+        ("all wrong", (torch.tensor([[3.0, -2.0]]), torch.tensor([[0.0, 1.0]]))),
+        ("3 of 4 decisions right (threshold at logit 0, i.e. sigmoid 0.5)",
+         (torch.tensor([[0.5, -0.5], [2.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]))),
+        ("logit exactly 0 means sigmoid 0.5, which is not > 0.5: predicted off",
+         (torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]]))),
+        ("a 3×4 case", (torch.tensor([[1.0, -1, 1, -1], [1, 1, 1, 1], [-1, -1, -1, -1]]),
+                        torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]]))),
+    ]
+
+
+register("02.probe_responses", probex.probe_responses, _lab02_probe_cases,
+         hint="R = X @ U is [B, d_H, r_U]; transpose to [B, r_U, d_H]; project with V ([r_V, d_H]) as R @ V.T; "
+              "then torch.relu")
+register("02.cosine_logits", probex.cosine_logits, _lab02_cosine_cases,
+         hint="F.normalize(e, dim=-1) @ F.normalize(t, dim=-1).T — no temperature, values in [−1, 1]")
+register("02.binary_accuracy", probex.binary_accuracy, _lab02_metric_cases,
+         hint="((logits > 0).float() == Y).float().mean() as a Python float (sigmoid(z) > 0.5 ⇔ z > 0)")
+
+
+# ------------------------------------------------------------------------------------------- lab 03: ProbeGen
+
+
+def _lab03_deep_linear_cases():
+    g = torch.Generator().manual_seed(3)
+
+    def layers(*dims):
+        return ([torch.randn(dims[i + 1], dims[i], generator=g) for i in range(len(dims) - 1)],
+                [torch.randn(b, generator=g) for b in dims[1:]])
+
+    W, b = layers(32, 32, 2)
+    return [
+        ("the paper's INR generator: 128 latents, 32 → 32 → 2", (torch.randn(128, 32, generator=g), W, b)),
+        ("one layer is a plain affine map", (torch.randn(5, 4, generator=g), *layers(4, 3))),
+        ("four layers, widths change", (torch.randn(7, 3, generator=g), *layers(3, 8, 5, 6, 2))),
+        ("no layers: the latents themselves (vanilla probing)", (torch.randn(6, 2, generator=g), [], [])),
+        ("collapsed: the same as one affine map", (torch.randn(9, 32, generator=g),
+                                                   *[[m] for m in probegen.collapse_linear(W, b)])),
+    ]
+
+
+def _lab03_features_cases():
+    g = torch.Generator().manual_seed(4)
+
+    def sirens(B, h=32):
+        scale = 1.0 / h
+        return (torch.randn(B, h, 2, generator=g) * 0.5, torch.randn(B, h, generator=g) * 0.1,
+                torch.randn(B, h, h, generator=g) * scale, torch.randn(B, h, generator=g) * 0.1,
+                torch.randn(B, 1, h, generator=g) * scale, torch.randn(B, 1, generator=g) * 0.1)
+
+    return [
+        ("4 SIRENs on 16 uniform probes", (*sirens(4), probegen.uniform_coordinates(16, g), 30.0)),
+        ("one SIREN, one probe", (*sirens(1), torch.zeros(1, 2), 30.0)),
+        ("8 narrow SIRENs (h = 5), w0 = 1", (*sirens(8, 5), probegen.uniform_coordinates(10, g), 1.0)),
+        ("probes outside the image square", (*sirens(3), 3 * probegen.uniform_coordinates(6, g), 30.0)),
+    ]
+
+
+def _lab03_tau_cases():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(30, generator=g, dtype=torch.float64)
+    return [
+        ("the same order: τ = 1", (torch.tensor([0.1, 0.4, 0.3, 0.9]), torch.tensor([1.0, 4.0, 3.0, 9.0]))),
+        ("reversed: τ = −1", (torch.tensor([3.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 3.0]))),
+        ("noisy predictions of 30 accuracies", (x + 0.2 * torch.rand(30, generator=g, dtype=torch.float64), x)),
+        ("ties in both vectors (τ-b)", (torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0]), torch.tensor([1.0, 2.0, 2.0, 3.0, 4.0]))),
+        ("two networks", (torch.tensor([0.2, 0.5]), torch.tensor([0.9, 0.1]))),
+    ]
+
+
+register("03.deep_linear", probegen.deep_linear, _lab03_deep_linear_cases,
+         hint="h = Z; for W, b in zip(weights, biases): h = h @ W.T + b  — and no activation in between; return h",
+         rtol=1e-4, atol=1e-5)
+register("03.probe_features", probegen.siren_probe_responses, _lab03_features_cases,
+         hint="h = sin(w0·(coords @ W0.transpose(1, 2) + b0[:, None])); the same with W1, b1; then "
+              "(h @ W2.transpose(1, 2) + b2[:, None]).squeeze(-1) + 0.5  → [B, T]", rtol=1e-4, atol=1e-5)
+register("03.kendall_tau", probegen.kendall_tau, _lab03_tau_cases,
+         hint="over pairs i < j (torch.triu_indices): s = sign(p_i − p_j)·sign(t_i − t_j); "
+              "τ = s.sum() / sqrt((N − ties in pred)·(N − ties in true)), N = number of pairs")
+
+
+# ----------------------------------------------------------------------------------------------- lab 04: DSiRe
+
+
+def _lab04_spectra_cases():
+    g = torch.Generator().manual_seed(4)
+    U = torch.linalg.qr(torch.randn(10, 3, generator=g, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(7, 3, generator=g, dtype=torch.float64)).Q
+    known_A = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)[:, None] * V.T  # σ(A) = 3, 2, 1
+    known_B = U * torch.tensor([0.5, 0.2, 0.1], dtype=torch.float64)  # σ(B) = 0.5, 0.2, 0.1
+    return [
+        ("one layer of 4 LoRAs, r=3, 6 → 9", (torch.randn(4, 3, 6, generator=g), torch.randn(4, 9, 3, generator=g))),
+        ("known spectra: σ(BA) = 1.5, 0.4, 0.1", (known_A[None], known_B[None])),
+        ("wide input, r=8 (the zoo's shapes, 64 → 256)",
+         (torch.randn(2, 8, 64, generator=g) / 8, torch.randn(2, 256, 8, generator=g) * 0.01)),
+        ("B = 0 (a LoRA before training): σ(B) = σ(BA) = 0",
+         (torch.randn(3, 2, 5, generator=g, dtype=torch.float64), torch.zeros(3, 5, 2, dtype=torch.float64))),
+        ("layers × models batch [2, 3, ...]", (torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64),
+                                               torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64))),
+    ]
+
+
+def _lab04_vote_cases():
+    g = torch.Generator().manual_seed(40)
+    return [
+        ("a clear majority", (torch.tensor([[10, 20, 20, 20, 10]]),)),
+        ("a 2–2 tie goes to the label seen first", (torch.tensor([[1, 2, 2, 1], [2, 1, 1, 2]]),)),
+        ("all voters differ: the first voter wins", (torch.tensor([[30, 1, 50]]),)),
+        ("one voter", (torch.tensor([[6], [1]]),)),
+        ("24 voters, 50 models, sizes 1..6", (torch.randint(1, 7, (50, 24), generator=g),)),
+    ]
+
+
+def _lab04_score_cases():
+    return [
+        ("all right", ([1, 10, 20], [1, 10, 20])),
+        ("medium range, two mistakes", ([1, 10, 20, 50], [1, 20, 20, 40])),
+        ("low range, off by one", ([1, 2, 3, 4, 5, 6], [2, 2, 3, 3, 5, 6])),
+        ("tensors in", (torch.tensor([1, 30, 40]), torch.tensor([10, 30, 50]))),
+    ]
+
+
+register("04.lora_spectra", dsire.lora_spectra, _lab04_spectra_cases,
+         hint="σ(A) = torch.linalg.svdvals(A), σ(B) = torch.linalg.svdvals(B); for σ(BA) either svdvals(B @ A)[..., :r] "
+              "or, without the product, R_B = torch.linalg.qr(B).R, R_A = torch.linalg.qr(A.mT).R, "
+              "svdvals(R_B @ R_A.mT); return the three as a tuple", rtol=1e-4, atol=1e-6)
+register("04.majority_vote", dsire.majority_vote, _lab04_vote_cases,
+         hint="for each row: collections.Counter(row.tolist()).most_common(1)[0][0] (Counter keeps first-seen order "
+              "on ties); return torch.tensor of the winners")
+register("04.scores", dsire.scores, _lab04_score_cases,
+         hint="accuracy = 100·mean(y == ŷ); mae = mean |y − ŷ|; mape = 100·mean(|y − ŷ| / |y|); return "
+              "{'accuracy': …, 'mae': …, 'mape': …} as floats")
+
+
 # ----------------------------------------------------------------------------------- lab 05: Spectral DeTuning
 
 
@@ -142,183 +306,3 @@ register("05.scheduler_rule", spectral_detuning.scheduler_rule, _scheduler_cases
          hint="if epoch >= n_iters − n_iters·0.5: return (end_rank, best, num_bad_steps); if loss < best: "
               "return (rank, loss, 0); bad = num_bad_steps + 1; if bad > 15: return (min(2·rank, end_rank), best, 0); "
               "else (rank, best, bad)")
-
-
-# ----------------------------------------------------------------------------------------------- lab 04: DSiRe
-
-
-def _lab04_spectra_cases():
-    g = torch.Generator().manual_seed(4)
-    U = torch.linalg.qr(torch.randn(10, 3, generator=g, dtype=torch.float64)).Q
-    V = torch.linalg.qr(torch.randn(7, 3, generator=g, dtype=torch.float64)).Q
-    known_A = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)[:, None] * V.T  # σ(A) = 3, 2, 1
-    known_B = U * torch.tensor([0.5, 0.2, 0.1], dtype=torch.float64)  # σ(B) = 0.5, 0.2, 0.1
-    return [
-        ("one layer of 4 LoRAs, r=3, 6 → 9", (torch.randn(4, 3, 6, generator=g), torch.randn(4, 9, 3, generator=g))),
-        ("known spectra: σ(BA) = 1.5, 0.4, 0.1", (known_A[None], known_B[None])),
-        ("wide input, r=8 (the zoo's shapes, 64 → 256)",
-         (torch.randn(2, 8, 64, generator=g) / 8, torch.randn(2, 256, 8, generator=g) * 0.01)),
-        ("B = 0 (a LoRA before training): σ(B) = σ(BA) = 0",
-         (torch.randn(3, 2, 5, generator=g, dtype=torch.float64), torch.zeros(3, 5, 2, dtype=torch.float64))),
-        ("layers × models batch [2, 3, ...]", (torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64),
-                                               torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64))),
-    ]
-
-
-def _lab04_vote_cases():
-    g = torch.Generator().manual_seed(40)
-    return [
-        ("a clear majority", (torch.tensor([[10, 20, 20, 20, 10]]),)),
-        ("a 2–2 tie goes to the label seen first", (torch.tensor([[1, 2, 2, 1], [2, 1, 1, 2]]),)),
-        ("all voters differ: the first voter wins", (torch.tensor([[30, 1, 50]]),)),
-        ("one voter", (torch.tensor([[6], [1]]),)),
-        ("24 voters, 50 models, sizes 1..6", (torch.randint(1, 7, (50, 24), generator=g),)),
-    ]
-
-
-def _lab04_score_cases():
-    return [
-        ("all right", ([1, 10, 20], [1, 10, 20])),
-        ("medium range, two mistakes", ([1, 10, 20, 50], [1, 20, 20, 40])),
-        ("low range, off by one", ([1, 2, 3, 4, 5, 6], [2, 2, 3, 3, 5, 6])),
-        ("tensors in", (torch.tensor([1, 30, 40]), torch.tensor([10, 30, 50]))),
-    ]
-
-
-register("04.lora_spectra", dsire.lora_spectra, _lab04_spectra_cases,
-         hint="σ(A) = torch.linalg.svdvals(A), σ(B) = torch.linalg.svdvals(B); for σ(BA) either svdvals(B @ A)[..., :r] "
-              "or, without the product, R_B = torch.linalg.qr(B).R, R_A = torch.linalg.qr(A.mT).R, "
-              "svdvals(R_B @ R_A.mT); return the three as a tuple", rtol=1e-4, atol=1e-6)
-register("04.majority_vote", dsire.majority_vote, _lab04_vote_cases,
-         hint="for each row: collections.Counter(row.tolist()).most_common(1)[0][0] (Counter keeps first-seen order "
-              "on ties); return torch.tensor of the winners")
-register("04.scores", dsire.scores, _lab04_score_cases,
-         hint="accuracy = 100·mean(y == ŷ); mae = mean |y − ŷ|; mape = 100·mean(|y − ŷ| / |y|); return "
-              "{'accuracy': …, 'mae': …, 'mape': …} as floats")
-
-
-# ------------------------------------------------------------------------------------------- lab 03: ProbeGen
-
-
-def _lab03_deep_linear_cases():
-    from labkit.methods import probegen
-
-    g = torch.Generator().manual_seed(3)
-
-    def layers(*dims):
-        return ([torch.randn(dims[i + 1], dims[i], generator=g) for i in range(len(dims) - 1)],
-                [torch.randn(b, generator=g) for b in dims[1:]])
-
-    W, b = layers(32, 32, 2)
-    return [
-        ("the paper's INR generator: 128 latents, 32 → 32 → 2", (torch.randn(128, 32, generator=g), W, b)),
-        ("one layer is a plain affine map", (torch.randn(5, 4, generator=g), *layers(4, 3))),
-        ("four layers, widths change", (torch.randn(7, 3, generator=g), *layers(3, 8, 5, 6, 2))),
-        ("no layers: the latents themselves (vanilla probing)", (torch.randn(6, 2, generator=g), [], [])),
-        ("collapsed: the same as one affine map", (torch.randn(9, 32, generator=g),
-                                                   *[[m] for m in probegen.collapse_linear(W, b)])),
-    ]
-
-
-def _lab03_features_cases():
-    from labkit.methods import probegen
-
-    g = torch.Generator().manual_seed(4)
-
-    def sirens(B, h=32):
-        scale = 1.0 / h
-        return (torch.randn(B, h, 2, generator=g) * 0.5, torch.randn(B, h, generator=g) * 0.1,
-                torch.randn(B, h, h, generator=g) * scale, torch.randn(B, h, generator=g) * 0.1,
-                torch.randn(B, 1, h, generator=g) * scale, torch.randn(B, 1, generator=g) * 0.1)
-
-    return [
-        ("4 SIRENs on 16 uniform probes", (*sirens(4), probegen.uniform_coordinates(16, g), 30.0)),
-        ("one SIREN, one probe", (*sirens(1), torch.zeros(1, 2), 30.0)),
-        ("8 narrow SIRENs (h = 5), w0 = 1", (*sirens(8, 5), probegen.uniform_coordinates(10, g), 1.0)),
-        ("probes outside the image square", (*sirens(3), 3 * probegen.uniform_coordinates(6, g), 30.0)),
-    ]
-
-
-def _lab03_tau_cases():
-    g = torch.Generator().manual_seed(5)
-    x = torch.rand(30, generator=g, dtype=torch.float64)
-    return [
-        ("the same order: τ = 1", (torch.tensor([0.1, 0.4, 0.3, 0.9]), torch.tensor([1.0, 4.0, 3.0, 9.0]))),
-        ("reversed: τ = −1", (torch.tensor([3.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 3.0]))),
-        ("noisy predictions of 30 accuracies", (x + 0.2 * torch.rand(30, generator=g, dtype=torch.float64), x)),
-        ("ties in both vectors (τ-b)", (torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0]), torch.tensor([1.0, 2.0, 2.0, 3.0, 4.0]))),
-        ("two networks", (torch.tensor([0.2, 0.5]), torch.tensor([0.9, 0.1]))),
-    ]
-
-
-def _lab03_register():
-    from labkit.methods import probegen
-
-    register("03.deep_linear", probegen.deep_linear, _lab03_deep_linear_cases,
-             hint="h = Z; for W, b in zip(weights, biases): h = h @ W.T + b  — and no activation in between; return h",
-             rtol=1e-4, atol=1e-5)
-    register("03.probe_features", probegen.siren_probe_responses, _lab03_features_cases,
-             hint="h = sin(w0·(coords @ W0.transpose(1, 2) + b0[:, None])); the same with W1, b1; then "
-                  "(h @ W2.transpose(1, 2) + b2[:, None]).squeeze(-1) + 0.5  → [B, T]", rtol=1e-4, atol=1e-5)
-    register("03.kendall_tau", probegen.kendall_tau, _lab03_tau_cases,
-             hint="over pairs i < j (torch.triu_indices): s = sign(p_i − p_j)·sign(t_i − t_j); "
-                  "τ = s.sum() / sqrt((N − ties in pred)·(N − ties in true)), N = number of pairs")
-
-
-_lab03_register()
-
-
-# ----------------------------------------------------------------------------------------- lab 02: ProbeX
-
-
-def _lab02_probe_cases():
-    g = torch.Generator().manual_seed(2)
-    return [
-        ("4 layers 6×5, 3 probes, projection to 2", (torch.randn(4, 6, 5, generator=g), torch.randn(5, 3, generator=g),
-                                                   torch.randn(2, 6, generator=g))),
-        ("one wide layer 3×8, 4 probes, projection to 5", (torch.randn(1, 3, 8, generator=g),
-                                                         torch.randn(8, 4, generator=g), torch.randn(5, 3, generator=g))),
-        ("all-negative responses are cut to 0 by the ReLU", (torch.ones(2, 3, 3), torch.ones(3, 2), -torch.ones(4, 3))),
-        ("float64", (torch.randn(2, 4, 4, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g,
-                                                                                         dtype=torch.float64),
-                     torch.randn(3, 4, generator=g, dtype=torch.float64))),
-    ]
-
-
-def _lab02_cosine_cases():
-    g = torch.Generator().manual_seed(3)
-    e = torch.randn(5, 4, generator=g)
-    return [
-        ("5 models, 3 texts, dim 4", (e, torch.randn(3, 4, generator=g))),
-        ("scale does not matter: 10·e gives the same logits", (10 * e, torch.randn(2, 4, generator=g))),
-        ("a text equal to a model's embedding scores 1", (e[:2], e[1:2].clone())),
-        ("opposite vectors score −1", (torch.tensor([[1.0, 2.0]]), torch.tensor([[-2.0, -4.0]]))),
-    ]
-
-
-def _lab02_metric_cases():
-    return [
-        ("all right", (torch.tensor([[3.0, -2.0], [-1.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))),
-        ("all wrong", (torch.tensor([[3.0, -2.0]]), torch.tensor([[0.0, 1.0]]))),
-        ("3 of 4 decisions right (threshold at logit 0, i.e. sigmoid 0.5)",
-         (torch.tensor([[0.5, -0.5], [2.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]))),
-        ("logit exactly 0 means sigmoid 0.5, which is not > 0.5: predicted off",
-         (torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]]))),
-        ("a 3×4 case", (torch.tensor([[1.0, -1, 1, -1], [1, 1, 1, 1], [-1, -1, -1, -1]]),
-                        torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]]))),
-    ]
-
-
-def _lab02_register():
-    from labkit.methods import probex
-
-    register("02.probe_responses", probex.probe_responses, _lab02_probe_cases,
-             hint="R = X @ U is [B, d_H, r_U]; transpose to [B, r_U, d_H]; project with V ([r_V, d_H]) as R @ V.T; "
-                  "then torch.relu")
-    register("02.cosine_logits", probex.cosine_logits, _lab02_cosine_cases,
-             hint="F.normalize(e, dim=-1) @ F.normalize(t, dim=-1).T — no temperature, values in [−1, 1]")
-    register("02.binary_accuracy", probex.binary_accuracy, _lab02_metric_cases,
-             hint="((logits > 0).float() == Y).float().mean() as a Python float (sigmoid(z) > 0.5 ⇔ z > 0)")
-
-
-_lab02_register()
