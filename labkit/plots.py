@@ -8,7 +8,8 @@ from matplotlib.figure import Figure
 
 from labkit.spectra import energy_fraction, singular_values
 
-__all__ = ["forest_figure", "image_grid", "layer_figure", "layer_sweep_figure", "probe_figure", "retrieval_figure",
+__all__ = ["detuning_figure", "dsire_phenomenon_figure", "dsire_votes_figure", "forest_figure", "image_grid",
+           "layer_figure", "layer_sweep_figure", "probe_figure", "retrieval_figure", "sample_panels", "tile",
            "tree_comparison_figure", "tree_layout"]
 
 
@@ -36,6 +37,21 @@ def layer_figure(W: torch.Tensor, W_init: torch.Tensor | None = None, name: str 
     ax_s.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def tile(images: torch.Tensor, ncol: int, fill: float = 0.0, border: int = 1) -> torch.Tensor:
+    """``images: [N, H, W]`` laid out in a ``[rows·(H+1)−1+2·border, ncol·(W+1)−1+2·border]`` mosaic, row-major,
+    one ``fill`` pixel between images and ``border`` around them."""
+    images = images.detach().float().cpu()
+    n, h, w = images.shape
+    ncol = max(1, min(ncol, n))
+    rows = (n + ncol - 1) // ncol
+    grid = torch.full((rows * (h + 1) - 1 + 2 * border, ncol * (w + 1) - 1 + 2 * border), fill)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        top, left = border + r * (h + 1), border + c * (w + 1)
+        grid[top:top + h, left:left + w] = images[i]
+    return grid
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, labels=None) -> Figure:
@@ -234,14 +250,7 @@ def sample_panels(panels: dict, nrow: int = 4, title: str | None = None) -> Figu
     names = list(panels)
     fig, axes = plt.subplots(1, len(names), figsize=(2.3 * len(names), 2.6), squeeze=False)
     for ax, name in zip(axes[0], names):
-        imgs = panels[name].detach().float().cpu()
-        n, h, w = imgs.shape
-        ncol = min(nrow, n)
-        rows = (n + ncol - 1) // ncol
-        grid = torch.zeros(rows * (h + 1) + 1, ncol * (w + 1) + 1)
-        for i in range(n):
-            r, c = divmod(i, ncol)
-            grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = imgs[i]
+        grid = tile(panels[name], nrow)
         ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
@@ -279,14 +288,7 @@ def detuning_figure(w_error_trace, rank_trace, it: int, samples: torch.Tensor | 
     i = max(1, min(int(it), len(w))) - 1
     ax.set_title(f"iteration {i + 1}: W-Error {w[i]:.1f}, rank {int(r[i])}", fontsize=9)
     if samples is not None:
-        imgs = samples.detach().float().cpu()
-        n, h, wd = imgs.shape
-        ncol = min(4, n)
-        rows = (n + ncol - 1) // ncol
-        grid = torch.zeros(rows * (h + 1) + 1, ncol * (wd + 1) + 1)
-        for k in range(n):
-            rr, cc = divmod(k, ncol)
-            grid[1 + rr * (h + 1):1 + rr * (h + 1) + h, 1 + cc * (wd + 1):1 + cc * (wd + 1) + wd] = imgs[k]
+        grid = tile(samples, 4)
         axes[0, 1].imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
         axes[0, 1].set_title("samples from W*", fontsize=9)
         axes[0, 1].axis("off")
@@ -386,13 +388,7 @@ def probe_figure(panels: dict, title: str | None = None, max_images: int = 32) -
     for ax, (name, P), is_image in zip(axes[0], panels.items(), images):
         if is_image:
             P = P[:max_images, 0]
-            n, (h, w) = len(P), P.shape[1:]
-            ncol = min(per_row, n)
-            nrow = (n + ncol - 1) // ncol
-            grid = torch.full((nrow * (h + 1) - 1, ncol * (w + 1) - 1), float("nan"))
-            for i, img in enumerate(P):
-                r, c = divmod(i, ncol)
-                grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+            grid = tile(P, per_row, fill=float("nan"), border=0)
             lim = float(torch.quantile(P.abs().flatten(), 0.98)) or 1.0  # robust to a few extreme pixels
             ax.imshow(grid.numpy(), cmap="gray", vmin=-lim, vmax=lim, interpolation="nearest")
             ax.axis("off")
@@ -422,14 +418,7 @@ def retrieval_figure(query: str, descriptions, scores, samples: torch.Tensor, nr
     k = len(descriptions)
     fig, axes = plt.subplots(1, k, figsize=(2.2 * k, 2.7), squeeze=False)
     for ax, desc, score, imgs in zip(axes[0], descriptions, scores, samples):
-        imgs = imgs.detach().float().cpu()
-        n, h, w = imgs.shape
-        ncol = min(nrow, n)
-        rows = (n + ncol - 1) // ncol
-        grid = torch.zeros(rows * (h + 1) + 1, ncol * (w + 1) + 1)
-        for i in range(n):
-            r, c = divmod(i, ncol)
-            grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = imgs[i]
+        grid = tile(imgs, nrow)
         ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{desc}\ncos {float(score):.2f}", fontsize=8)
         ax.axis("off")
