@@ -277,6 +277,38 @@ def _predict(model: nn.Module, X: torch.Tensor, *args, batch_size: int = 512) ->
     return out
 
 
+def _train_loop(model: nn.Module, batch_loss, n: int, validate, *, lr: float, weight_decay: float, epochs: int,
+                batch_size: int, eval_every: int, seed: int, ties_to_later: bool) -> tuple[nn.Module, History]:
+    """The official loop shared by both trainers: Adam over shuffled mini-batches of ``n`` training indices
+    (``batch_loss(idx)`` → scalar); ``validate()`` every ``eval_every`` epochs from epoch 0 (the last epoch only
+    if it falls on that grid); the best-val checkpoint is returned (``>=`` when ``ties_to_later``), or the model
+    after the last epoch when ``validate`` is None."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    hist, best = History(), None
+    for epoch in range(epochs):
+        losses = []
+        for idx in torch.randperm(n, generator=g).split(batch_size):
+            loss = batch_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        if epoch % eval_every == 0:
+            acc = validate() if validate is not None else float("nan")
+            hist.epochs.append(epoch)
+            hist.train_loss.append(sum(losses) / len(losses))
+            hist.val_acc.append(acc)
+            if validate is not None and (acc > hist.best_val or (ties_to_later and acc == hist.best_val)):
+                hist.best_epoch, hist.best_val = epoch, acc
+                best = copy.deepcopy(model.state_dict())
+    if validate is not None:
+        model.load_state_dict(best)
+    else:
+        hist.best_epoch = epochs - 1
+    return model.eval(), hist
+
+
 def fit_multilabel(model: nn.Module, X_train: torch.Tensor, Y_train: torch.Tensor, X_val: torch.Tensor | None = None,
                    Y_val: torch.Tensor | None = None, *, lr: float = 1e-3, weight_decay: float = 1e-5,
                    epochs: int = 500, batch_size: int = 128, eval_every: int = 25, seed: int = 0
@@ -293,31 +325,11 @@ def fit_multilabel(model: nn.Module, X_train: torch.Tensor, Y_train: torch.Tenso
     if has_val:
         _check_X(X_val, "X_val")
         _check_Y(Y_val, len(X_val), "Y_val")
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    hist, best = History(), None
     Y_train = Y_train.float()
-    for epoch in range(epochs):
-        losses = []
-        for idx in torch.randperm(len(X_train), generator=g).split(batch_size):
-            loss = F.binary_cross_entropy_with_logits(model(X_train[idx]), Y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        if epoch % eval_every == 0:  # as the official loop: epochs 0, 25, …, never forced at the end
-            acc = binary_accuracy(_predict(model, X_val), Y_val) if has_val else float("nan")
-            hist.epochs.append(epoch)
-            hist.train_loss.append(sum(losses) / len(losses))
-            hist.val_acc.append(acc)
-            if has_val and acc > hist.best_val:
-                hist.best_epoch, hist.best_val = epoch, acc
-                best = copy.deepcopy(model.state_dict())
-    if has_val:
-        model.load_state_dict(best)
-    else:
-        hist.best_epoch = epochs - 1
-    return model.eval(), hist
+    return _train_loop(model, lambda idx: F.binary_cross_entropy_with_logits(model(X_train[idx]), Y_train[idx]),
+                       len(X_train), (lambda: binary_accuracy(_predict(model, X_val), Y_val)) if has_val else None,
+                       lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, eval_every=eval_every,
+                       seed=seed, ties_to_later=False)
 
 
 def _seeded(seed: int, make):
@@ -398,30 +410,10 @@ def train_zero_shot(X_train: torch.Tensor, y_train: torch.Tensor, text_train: to
     has_val = X_val is not None and len(X_val) > 0
     model = _seeded(seed, lambda: ProbeXZeroShot(X_train.shape[1], X_train.shape[2], text_train.shape[1], n_probes,
                                                  proj_dim, rep_dim))
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    hist, best = History(), None
-    for epoch in range(epochs):
-        losses = []
-        for idx in torch.randperm(len(X_train), generator=g).split(batch_size):
-            loss = F.cross_entropy(model(X_train[idx], text_train), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        if epoch % eval_every == 0:
-            acc = zero_shot_accuracy(model, X_val, y_val, text_train) if has_val else float("nan")
-            hist.epochs.append(epoch)
-            hist.train_loss.append(sum(losses) / len(losses))
-            hist.val_acc.append(acc)
-            if has_val and acc >= hist.best_val:
-                hist.best_epoch, hist.best_val = epoch, acc
-                best = copy.deepcopy(model.state_dict())
-    if has_val:
-        model.load_state_dict(best)
-    else:
-        hist.best_epoch = epochs - 1
-    return model.eval(), hist
+    return _train_loop(model, lambda idx: F.cross_entropy(model(X_train[idx], text_train), y_train[idx]),
+                       len(X_train), (lambda: zero_shot_accuracy(model, X_val, y_val, text_train)) if has_val else None,
+                       lr=lr, weight_decay=0.0, epochs=epochs, batch_size=batch_size, eval_every=eval_every, seed=seed,
+                       ties_to_later=True)
 
 
 # ---------------------------------------------------------------------------------------- router (spec §2)
