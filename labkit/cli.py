@@ -14,6 +14,16 @@
     labkit detune --checkpoints C1 C2 ... [--base BASE] [--rank R] [--iters K] [--device D] --out DIR [--json FILE]
                                                             Spectral DeTuning on LoWRA Bench or your own
                                                             fine-tunes; recovered weights + W-Error as JSON
+    labkit dsire --lora-wise DIR --config NAME [--rank R] [--splits 10] [--n-train-sets 15] [--seed 42]
+                 [--set-order FILE] [--json FILE]       DSiRe (lab 04) on a LoRA-WiSE config with the paper's
+                                                            protocol; accuracy / MAE / MAPE vs the paper as JSON
+    labkit probex --model-j DIR --subset NAME [--layer IDX|NAME] [--epochs 500] [--baselines] [--device D]
+                  [--seed S] [--json FILE]                ProbeX (lab 02) on one layer of a Model-J subset with
+                                                            the official protocol; accuracy vs the paper as JSON
+    labkit probegen (--inr DIR [--split-json F] | --cnn-zoo DIR [--split-file F]) [--probes T] [--epochs E]
+                    [--gen-depth D] [--method probegen|vanilla|synthetic] [--device D] [--seed S] [--json FILE]
+                                                            ProbeGen (lab 03) on the MNIST/FMNIST INR zoos or
+                                                            CIFAR10-GS; test accuracy / Kendall's tau as JSON
     labkit inspect PATH [--all] [--json]                    what a model file or folder holds: format, tensors,
                                                             shapes, dtypes, metadata, LoRA ranks (safe loaders only)
 
@@ -170,6 +180,82 @@ def _cmd_detune(args) -> int:
     return 0
 
 
+def _cmd_dsire(args) -> int:
+    import json
+
+    from labkit.replicate.dsire import dsire_lora_wise
+
+    set_order = None
+    if args.set_order:
+        lines = [ln.strip() for ln in Path(args.set_order).read_text().splitlines() if ln.strip()]
+        set_order = [int(x) if x.lstrip("-").isdigit() else x for x in lines]
+    result = dsire_lora_wise(args.lora_wise, args.config, rank=args.rank, repeats=args.splits,
+                             n_train_sets=args.n_train_sets, seed=args.seed, set_order=set_order)
+    text = json.dumps(result, indent=1)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    else:
+        print(text)
+    d, f = result["dsire"], result["frobenius_nn"]
+    print(f"labkit dsire: {args.config}: accuracy {d['accuracy_mean']:.2f} ± {d['accuracy_std']:.2f} %, MAE "
+          f"{d['mae_mean']:.2f} ± {d['mae_std']:.2f} (Frobenius-NN MAE {f['mae_mean']:.2f}) over "
+          f"{result['repeats']} splits of {result['n_models']} models, {result['n_layers']} layers, in "
+          f"{result['seconds']['total']:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _cmd_probex(args) -> int:
+    import json
+
+    from labkit.replicate.probex import probex_model_j
+
+    result = probex_model_j(args.model_j, args.subset, args.layer, epochs=args.epochs, eval_every=args.eval_every,
+                            rep_dim=args.rep_dim, baselines=args.baselines, device=args.device, seed=args.seed)
+    text = json.dumps(result, indent=1)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    else:
+        print(text)
+    extra = "".join(f", {k} {v['test_accuracy']:.2f} %" for k, v in (result["baselines"] or {}).items())
+    paper = f" (paper {result['paper']['probex']:.2f} % at layer {result['paper']['layer']})" if result["paper"] else ""
+    print(f"labkit probex: {args.subset} layer {result['layer']} ({result['layer_name']}): ProbeX test accuracy "
+          f"{result['probex']['test_accuracy']:.2f} %{paper}{extra} over {result['n_models']} models in "
+          f"{result['seconds']['total']:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _cmd_probegen(args) -> int:
+    import json
+
+    from labkit.replicate.probegen import probegen_cifar10_gs, probegen_inr
+
+    if (args.inr is None) == (args.cnn_zoo is None):
+        raise ValueError("give either --inr DIR (an MNIST/FMNIST INR zoo) or --cnn-zoo DIR (CIFAR10-GS)")
+    kwargs = {"method": args.method, "n_probes": args.probes, "epochs": args.epochs, "gen_depth": args.gen_depth,
+              "device": args.device, "seed": args.seed}
+    if args.inr is not None:
+        if args.split_file is not None:
+            raise ValueError("--split-file applies to --cnn-zoo; an INR zoo takes --split-json")
+        result = probegen_inr(args.inr, args.split_json, **kwargs)
+    else:
+        if args.split_json is not None:
+            raise ValueError("--split-json applies to --inr; CIFAR10-GS takes --split-file")
+        result = probegen_cifar10_gs(args.cnn_zoo, args.split_file, **kwargs)
+    text = json.dumps(result, indent=1)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    else:
+        print(text)
+    ref = ", ".join(f"{k} {v:g}" for k, v in (result["reference"] or {}).items())
+    n = result["n_networks"]
+    print(f"labkit probegen: {result['dataset']} {result['method']} ({result['n_probes']} probes): "
+          f"{result['metric']} {result['test']:.3f}" + (f" (spec baselines: {ref}; ProbeGen's own number is not "
+                                                        "in the spec)" if ref else "") +
+          f" over {n['train']}/{n['val']}/{n['test']} train/val/test networks in {result['seconds']['total']:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="labkit: a lab kit on learning from model weights")
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,6 +337,61 @@ def _parser() -> argparse.ArgumentParser:
     dt.add_argument("--out", required=True, help="folder for recovered*.safetensors and result.json")
     dt.add_argument("--json", metavar="FILE", help="write the JSON result here instead of stdout")
     dt.set_defaults(func=_cmd_detune)
+
+    ds = sub.add_parser("dsire", help="DSiRe (lab 04) on a LoRA-WiSE config with the paper's protocol; prints "
+                                      "accuracy / MAE / MAPE and the Frobenius-NN baseline as JSON")
+    ds.add_argument("--lora-wise", required=True, metavar="DIR", help="a LoRA-WiSE folder (the Hub download: "
+                                                                      "README.md + low/16/train-*.parquet …)")
+    ds.add_argument("--config", required=True, help="low_8, low_16, low_32, medium_16, medium_32, medium_32_2, "
+                                                    "high_32 (or an exported one)")
+    ds.add_argument("--rank", type=int, default=None, help="LoRA rank (default: from the config name, low_16 → 16)")
+    ds.add_argument("--splits", type=int, default=10, help="random splits (default 10)")
+    ds.add_argument("--n-train-sets", type=int, default=15, help="personalisation sets that train (default 15)")
+    ds.add_argument("--seed", type=int, default=42, help="seed of the splits (default 42)")
+    ds.add_argument("--set-order", metavar="FILE", help="set names, one a line: split index i is line i "
+                                                        "(default: the names sorted)")
+    ds.add_argument("--json", metavar="FILE", help="write the JSON result here instead of stdout")
+    ds.set_defaults(func=_cmd_dsire)
+
+    pr = sub.add_parser("probex", help="ProbeX (lab 02) on one layer of a discriminative Model-J subset with the "
+                                       "official protocol; prints accuracy vs the paper as JSON")
+    pr.add_argument("--model-j", required=True, metavar="DIR", help="a Model-J folder (the download: "
+                                                                    "<subset>/train/models--ProbeX--… …)")
+    pr.add_argument("--subset", required=True, help="SupViT, DINO, MAE, ResNet (or an exported one)")
+    pr.add_argument("--layer", default=None, help="index into ProbeX's sorted layer list, or a layer name "
+                                                  "(default: the official best, 59 / 59 / 64 / 59)")
+    pr.add_argument("--epochs", type=int, default=500, help="training epochs (default 500)")
+    pr.add_argument("--eval-every", type=int, default=25, help="validation every N epochs from epoch 0 (default 25)")
+    pr.add_argument("--rep-dim", type=int, default=128, help="r_T (default 128, the official sbatch value; the "
+                                                             "argparse default is 512)")
+    pr.add_argument("--baselines", action="store_true", help="also train the dense linear expert and StatNN")
+    pr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the init and batch order (default 0)")
+    pr.add_argument("--json", metavar="FILE", help="write the JSON result here instead of stdout")
+    pr.set_defaults(func=_cmd_probex)
+
+    pg = sub.add_parser("probegen", help="ProbeGen (lab 03) on an MNIST/FMNIST INR zoo or CIFAR10-GS with the "
+                                         "released scripts' settings; prints the test metric as JSON")
+    pg_src = pg.add_mutually_exclusive_group()
+    pg_src.add_argument("--inr", metavar="DIR", help="an INR zoo folder (fmnist_inrs or mnist-inrs from DWSNets)")
+    pg_src.add_argument("--cnn-zoo", metavar="DIR", help="a CIFAR10-GS folder (weights.npy, metrics.csv.gz, "
+                                                         "layout.csv)")
+    pg.add_argument("--split-json", metavar="F", help="--inr: the Neural-Graphs split JSON (default: "
+                                                      "<prefix>_splits.json next to DIR)")
+    pg.add_argument("--split-file", metavar="F", help="--cnn-zoo: NFN's split CSV (default: nfn_cifar10_split.csv "
+                                                      "or cifar10_split.csv in DIR)")
+    pg.add_argument("--probes", type=int, default=None, help="number of probes T (default 128; the paper also "
+                                                             "runs 64)")
+    pg.add_argument("--epochs", type=int, default=None, help="epochs (default 30 for INRs, 150 for CIFAR10-GS)")
+    pg.add_argument("--gen-depth", type=int, default=None, help="generator depth for --method probegen (default 2 "
+                                                                "for INRs; 6 for CIFAR10-GS, which allows 5 or 6)")
+    pg.add_argument("--method", default="probegen", help="probegen (default), vanilla (free probes) or synthetic "
+                                                         "(fixed uniform coordinates / dead leaves, head only)")
+    pg.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    pg.add_argument("--seed", type=int, default=1, help="seed of the init, batch order and synthetic probes "
+                                                        "(default 1, as the scripts)")
+    pg.add_argument("--json", metavar="FILE", help="write the JSON result here instead of stdout")
+    pg.set_defaults(func=_cmd_probegen)
 
     ins = sub.add_parser("inspect", help="what a model file or folder holds (safetensors, peft adapter, zoo, "
                                          "LoWRA/LoRA-WiSE parquet, Model-J, torch checkpoints, VTHR pickles)")

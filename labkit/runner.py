@@ -83,8 +83,13 @@ def _failure_line(exc, stem: str) -> str:
 
 
 def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeout: float | None = None,
-                 cwd: Path | None = None, kernel_name: str = "python3", output: Path | None = None) -> NotebookRun:
-    """Execute one notebook; never raises for a failing cell (see ``NotebookRun.error``)."""
+                 cwd: Path | None = None, kernel_name: str = "python3", output: Path | None = None,
+                 parameters: dict | None = None) -> NotebookRun:
+    """Execute one notebook; never raises for a failing cell (see ``NotebookRun.error``).
+
+    ``parameters``: further values for the notebook's parameters cell (e.g. ``{"data_source": "public"}``); each
+    must be one the cell already sets (``NotebookError`` otherwise); ``profile`` is always the ``profile`` argument.
+    """
     import papermill
 
     profile = resolve_profile(profile)
@@ -94,6 +99,12 @@ def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeo
     if "profile" not in params:
         raise NotebookError(f"{path.name}: the parameters cell must set profile = \"workshop\" (found "
                             f"{', '.join(params) or 'nothing'})")
+    extra = dict(parameters or {})
+    extra.pop("profile", None)
+    unknown = [k for k in extra if k not in params]
+    if unknown:
+        raise NotebookError(f"{path.name}: its parameters cell does not set {', '.join(unknown)} (it sets "
+                            f"{', '.join(params)})")
     out_dir = Path(runs_root) / profile
     output = Path(output) if output else out_dir / path.name
     metrics = out_dir / path.stem / "metrics.json"
@@ -107,7 +118,7 @@ def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeo
     error, t0 = None, time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(path), str(output), parameters={"profile": profile}, kernel_name=kernel_name,
+            str(path), str(output), parameters={**extra, "profile": profile}, kernel_name=kernel_name,
             cwd=str(cwd or path.parent), execution_timeout=timeout, progress_bar=False, log_output=False,
         )
     except papermill.PapermillExecutionError as e:
