@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_export import build_zoo
 
 from labkit.cli import main
 from labkit.lora import lora_factors
@@ -27,13 +26,13 @@ FIXTURE = ROOT / "tests" / "fixtures" / "lowra"  # vit: 2 layers 40×32, 15 LoRA
 
 
 @pytest.fixture(scope="module")
-def diffusion(tmp_path_factory):
-    return build_zoo(tmp_path_factory, "digit-diffusion")
+def diffusion(tiny_zoo):
+    return tiny_zoo("digit-diffusion")
 
 
 @pytest.fixture(scope="module")
-def minilm(tmp_path_factory):
-    return build_zoo(tmp_path_factory, "minilm-lora")
+def minilm(tiny_zoo):
+    return tiny_zoo("minilm-lora")
 
 
 def detune(*args, capsys) -> tuple[int, dict | None, str]:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_export import build_zoo
 
 from labkit.benchmarks.lora_wise import open_lora_wise
 from labkit.cli import main
@@ -21,8 +20,8 @@ FIX = Path(__file__).resolve().parent / "fixtures" / "lora_wise"  # low_8: flat 
 
 
 @pytest.fixture(scope="module")
-def diffusion(tmp_path_factory):
-    return build_zoo(tmp_path_factory, "digit-diffusion")
+def diffusion(tiny_zoo):
+    return tiny_zoo("digit-diffusion")
 
 
 def run(*args, capsys) -> tuple[int, dict | None, str]:

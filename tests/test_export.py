@@ -7,7 +7,6 @@ import pytest
 import torch
 import yaml
 
-from labkit import zoo
 from labkit.benchmarks.lora_wise import open_lora_wise
 from labkit.benchmarks.lowra import open_lowra
 from labkit.benchmarks.model_j import open_model_j
@@ -22,43 +21,19 @@ from labkit.zoo.store import read_safetensors
 torch.set_num_threads(1)
 FIXTURE_LOWRA = "tests/fixtures/lowra/vit/train-00000-of-00001.parquet"
 
-# small variants of the smoke recipes (seconds to build); the detune zoo has 15 LoRAs: LoWRA's exact 80 columns
-TINY_DIFFUSION = {
-    "root": {"steps": 60, "batch": 64, "lr": 2e-3, "ema": 0.9, "width": 256, "blocks": 3},
-    "size": {"digits": [0, 8], "picks": 1, "low": [1, 2, 3], "medium": [1, 10], "steps": 10, "lr": 1e-3},
-    "concept": {"digits": [0], "styles": ["plain"], "per_concept": 1, "n": 5, "heldout": 0, "steps": 2, "lr": 1e-3},
-    "detune": {"count": 15, "n": 20, "steps": 20, "lr": 2e-3},
-    "chunk": 16,
-}
-TINY_TREES = {"roots": ["mlp_a", "cnn"], "root_epochs": 2, "children": 4, "lora_children": 1, "grand_parents": 1,
-              "grandchildren": 1, "lora_grandchildren": 1, "epochs": [1, 1]}
-
-
-def zoo_home(tmp_path_factory):
-    """One folder of zoos shared by this file and test_detune_cli.py (a complete zoo is reused, not rebuilt)."""
-    return tmp_path_factory.getbasetemp() / "export_zoos"
-
-
-def build_zoo(tmp_path_factory, recipe: str) -> zoo.ZooStore:
-    overrides = {"digit-diffusion": TINY_DIFFUSION, "digit-trees": TINY_TREES}.get(recipe, {})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("LABKIT_PROFILE", raising=False)
-        return zoo.build(recipe, profile="smoke", home=zoo_home(tmp_path_factory) / "zoos", **overrides)
+@pytest.fixture(scope="module")
+def trees(tiny_zoo):
+    return tiny_zoo("digit-trees")
 
 
 @pytest.fixture(scope="module")
-def trees(tmp_path_factory):
-    return build_zoo(tmp_path_factory, "digit-trees")
+def diffusion(tiny_zoo):
+    return tiny_zoo("digit-diffusion")
 
 
 @pytest.fixture(scope="module")
-def diffusion(tmp_path_factory):
-    return build_zoo(tmp_path_factory, "digit-diffusion")
-
-
-@pytest.fixture(scope="module")
-def minilm(tmp_path_factory):
-    return build_zoo(tmp_path_factory, "minilm-lora")
+def minilm(tiny_zoo):
+    return tiny_zoo("minilm-lora")
 
 
 def _configs(folder) -> dict:

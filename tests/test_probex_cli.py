@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_export import zoo_home
 
-from labkit import zoo
 from labkit.cli import main
 from labkit.methods import probex as px
 from labkit.replicate.probex import PAPER, probex_model_j
@@ -23,11 +21,9 @@ VIT_LAYER = "vit.encoder.layer.7.attention.output.dense.weight"
 
 
 @pytest.fixture(scope="module")
-def trees(tmp_path_factory):
+def trees(tiny_zoo):
     """The smoke digit-trees zoo (its mlp_a tree: 2 train, 1 val, 3 test full fine-tunes at depth 1)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("LABKIT_PROFILE", raising=False)
-        return zoo.build("digit-trees", profile="smoke", home=zoo_home(tmp_path_factory) / "zoos")
+    return tiny_zoo("digit-trees", tiny=False)
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
