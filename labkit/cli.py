@@ -359,7 +359,7 @@ def _parser() -> argparse.ArgumentParser:
                                                                     "<subset>/train/models--ProbeX--… …)")
     pr.add_argument("--subset", required=True, help="SupViT, DINO, MAE, ResNet (or an exported one)")
     pr.add_argument("--layer", default=None, help="index into ProbeX's sorted layer list, or a layer name "
-                                                  "(default: the official best, 59 / 59 / 64 / 59)")
+                                                  "(default: the official best: 59; 64 for MAE)")
     pr.add_argument("--epochs", type=int, default=500, help="training epochs (default 500)")
     pr.add_argument("--eval-every", type=int, default=25, help="validation every N epochs from epoch 0 (default 25)")
     pr.add_argument("--rep-dim", type=int, default=128, help="r_T (default 128, the official sbatch value; the "
