@@ -412,8 +412,9 @@ def train_probegen(task: Task | str, train: Networks, y_train: torch.Tensor, val
     y_train = y_train.to(device) if task.classification else y_train.to(device, torch.float32)
     cached = None
     if fixed_probes is not None:  # synthetic probes: run every network once (main__real_data.py)
-        with torch.no_grad():
-            cached = train.responses(model.probes())
+        with torch.no_grad():  # in chunks: all of CIFAR10-GS at once would need tens of GB
+            P = model.probes()
+            cached = torch.cat([train.responses(P, chunk) for chunk in torch.arange(len(train)).split(256)])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = epochs * steps_per_epoch
