@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from labkit.methods.spectral_detuning import final_loss, layer_mse, spectral_detuning_layers
+from labkit.replicate import command_device
 
 __all__ = ["SUBSET_DEFAULTS", "default_lora_ids", "detune_checkpoints", "detune_lowra"]
 
@@ -72,16 +73,6 @@ def default_lora_ids(available: Sequence[int], n: int, seed: int = 0) -> list[in
     """The official choice of LoRAs: ``random.sample`` of ``n`` ids after seeding with ``seed``."""
     return random.Random(seed).sample(list(available), n)
 
-
-def _device(device: str | None) -> torch.device:
-    from labkit.session import pick_device
-
-    dev = pick_device(device or "auto")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
-    return dev
 
 
 def _log10(x: float) -> float | None:
@@ -287,7 +278,7 @@ def detune_lowra(
     end_rank = end_rank if end_rank is not None else defaults["end_rank"]
     if end_rank is not None and end_rank < 1:
         raise ValueError(f"--end-rank must be positive, got {end_rank}")
-    dev = _device(device)
+    dev = command_device(device)
     torch.manual_seed(seed)
     out = Path(out)
     settings = {"mode": "lowra", "root": str(root), "subset": subset, "lora_ids": lora_ids,
@@ -458,7 +449,7 @@ def detune_checkpoints(
         keys = [k for k in first.shapes if any(k in s.adapted for s in sources)]
     else:
         keys = list(first.shapes)
-    dev = _device(device)
+    dev = command_device(device)
     torch.manual_seed(seed)
     out = Path(out)
     writer = _ShardWriter(out, {"labkit": "detune", "checkpoints": json.dumps([str(p) for p in paths])}, shard_bytes)

@@ -38,6 +38,7 @@ from torch import nn
 
 from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
 from labkit.methods import probegen as pg
+from labkit.replicate import command_device
 
 __all__ = ["DEFAULTS", "METHODS", "REFERENCE", "SmallCNN", "cifar10_gs_networks", "inr_networks",
            "probegen_cifar10_gs", "probegen_inr", "to_device", "train_method"]
@@ -208,16 +209,6 @@ def cifar10_gs_networks(folder: str | Path, split_file: str | Path | None = None
 # ------------------------------------------------------------------------------------------------ running
 
 
-def _device(device: str | None) -> torch.device:
-    from labkit.session import pick_device
-
-    dev = pick_device(device or "auto")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
-    return dev
-
 
 def to_device(splits: dict[str, tuple[pg.Networks, torch.Tensor]], dev: str | torch.device) -> dict:
     """The same ``{split: (Networks, y)}`` with templates, parameters and targets on ``dev``."""
@@ -275,40 +266,39 @@ def _inr_dataset(folder: Path) -> str:
     return "fmnist" if "fmnist" in name else "mnist" if "mnist" in name else folder.name
 
 
+def _run(task: str, dataset: str, load, source, method: str, n_probes: int | None,
+         epochs: int | None, gen_depth: int | None, device: str | None, seed: int, what: str) -> dict:
+    """Load a zoo with ``load()`` → splits, train ``method`` on it, and return the command's result dict (with
+    ``source()``, called once the zoo has loaded: where its files came from)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    t0 = time.perf_counter()
+    dev = command_device(device)
+    splits = to_device(load(), dev)
+    t1 = time.perf_counter()
+    run, settings = train_method(task, splits, method, n_probes=n_probes, epochs=epochs, gen_depth=gen_depth,
+                                 seed=seed, progress=f"ProbeGen ({method}) on {what}")
+    t2 = time.perf_counter()
+    return _result(task, dataset, splits, run, settings, source(), dev,
+                   {"load": round(t1 - t0, 3), "train": round(t2 - t1, 3), "total": round(t2 - t0, 3)})
+
+
 def probegen_inr(folder: str | Path, split_json: str | Path | None = None, *, method: str = "probegen",
                  n_probes: int | None = None, epochs: int | None = None, gen_depth: int | None = None,
                  device: str | None = None, seed: int = 1) -> dict:
     """Classify the INRs of a DWSNets zoo with ProbeGen (or a baseline); returns the result dict (test accuracy %)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    t0 = time.perf_counter()
-    dev = _device(device)
     folder = Path(folder).expanduser()
-    splits = to_device(inr_networks(folder, split_json), dev)
-    t1 = time.perf_counter()
-    run, settings = train_method("inr", splits, method, n_probes=n_probes, epochs=epochs, gen_depth=gen_depth,
-                                 seed=seed, progress=f"ProbeGen ({method}) on {folder.name}")
-    t2 = time.perf_counter()
-    source = {"inr": str(folder), "split_json": str(split_json or _inr_split_json(folder))}
-    return _result("inr", _inr_dataset(folder), splits, run, settings, source, dev,
-                   {"load": round(t1 - t0, 3), "train": round(t2 - t1, 3), "total": round(t2 - t0, 3)})
+    return _run("inr", _inr_dataset(folder), lambda: inr_networks(folder, split_json),
+                lambda: {"inr": str(folder), "split_json": str(split_json or _inr_split_json(folder))}, method,
+                n_probes, epochs, gen_depth, device, seed, folder.name)
 
 
 def probegen_cifar10_gs(folder: str | Path, split_file: str | Path | None = None, *, method: str = "probegen",
                         n_probes: int | None = None, epochs: int | None = None, gen_depth: int | None = None,
                         device: str | None = None, seed: int = 1) -> dict:
     """Rank the CIFAR10-GS CNNs by predicted test accuracy; returns the result dict (test Kendall's τ)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    t0 = time.perf_counter()
-    dev = _device(device)
     folder = Path(folder).expanduser()
-    splits = to_device(cifar10_gs_networks(folder, split_file), dev)
-    t1 = time.perf_counter()
-    run, settings = train_method("cifar10-gs", splits, method, n_probes=n_probes, epochs=epochs,
-                                 gen_depth=gen_depth, seed=seed, progress=f"ProbeGen ({method}) on CIFAR10-GS")
-    t2 = time.perf_counter()
-    split_file = split_file or _gs_split_file(folder)
-    source = {"cnn_zoo": str(folder), "split_file": str(split_file) if split_file else None}
-    return _result("cifar10-gs", "cifar10-gs", splits, run, settings, source, dev,
-                   {"load": round(t1 - t0, 3), "train": round(t2 - t1, 3), "total": round(t2 - t0, 3)})
+    found = split_file or _gs_split_file(folder)
+    return _run("cifar10-gs", "cifar10-gs", lambda: cifar10_gs_networks(folder, split_file),
+                lambda: {"cnn_zoo": str(folder), "split_file": str(found) if found else None}, method,
+                n_probes, epochs, gen_depth, device, seed, "CIFAR10-GS")

@@ -27,6 +27,7 @@ import torch
 
 from labkit.benchmarks.model_j import DISCRIMINATIVE, GENERATIVE
 from labkit.methods import probex as px
+from labkit.replicate import command_device
 
 __all__ = ["BEST_LAYER", "LEARNERS", "PAPER", "label_classes", "probex_model_j", "resolve_layer", "train_learner"]
 
@@ -43,12 +44,6 @@ PAPER = {
 PAPER_SOURCE = ("MVProbe README: ProbeX rerun (seeds 1–5, lr 3e-4, 3000 epochs) at the layer given; StatNN and "
                 "ProbeGen rows probably from the ProbeX paper (unverified); spec probex.md §5")
 
-
-def _device(device: str | torch.device | None) -> torch.device:
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-    return dev
 
 
 def _open(root: str | Path, subset: str):
@@ -134,7 +129,7 @@ def train_learner(learner: str, X_train: torch.Tensor, Y_train: torch.Tensor, X_
     torch.manual_seed(seed)
     model = (px.ProbeXClassifier(d_H, d_W, C, n_probes, proj_dim, rep_dim) if learner == "probex"
              else px.DenseExpert(d_H, d_W, C))
-    dev = _device(device)
+    dev = command_device(device)
 
     def on(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(dev)
@@ -169,7 +164,7 @@ def probex_model_j(
     t_start = time.perf_counter()
     if epochs < 1 or eval_every < 1:
         raise ValueError(f"--epochs and --eval-every must be positive, got {epochs} and {eval_every}")
-    dev = _device(device)
+    dev = command_device(device)
     mj = _open(root, subset)
     index, name = resolve_layer(mj.layer_names("train"), layer, subset)
     classes = label_classes(mj)
