@@ -33,6 +33,7 @@ Errors are one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -108,8 +109,6 @@ def _cmd_student(args) -> int:
 
 
 def _cmd_trees_recover(args) -> int:
-    import json
-
     from labkit.trees import recover_folder
 
     result = recover_folder(args.path, regime=args.regime, lam=args.lam, trees=args.trees, reverse=args.reverse,
@@ -134,8 +133,6 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    import json
-
     from labkit.benchmarks.inspect import format_report, inspect_path
 
     info = inspect_path(args.path)
@@ -143,9 +140,16 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _cmd_detune(args) -> int:
-    import json
+def _emit(result: dict, json_file: str | None) -> None:
+    """A replication command's result: JSON on stdout, or into ``--json FILE``."""
+    text = json.dumps(result, indent=1)
+    if json_file:
+        Path(json_file).write_text(text + "\n")
+    else:
+        print(text)
 
+
+def _cmd_detune(args) -> int:
     from labkit.replicate.detune import detune_checkpoints, detune_lowra
 
     if (args.lowra is None) == (args.checkpoints is None):
@@ -166,11 +170,7 @@ def _cmd_detune(args) -> int:
             raise ValueError(f"{', '.join(extra)} apply to --lowra only")
         result = detune_checkpoints(args.checkpoints, args.out, base=args.base, rank=args.end_rank,
                                     n_iters=args.iters or 300, device=args.device, seed=args.seed)
-    text = json.dumps(result, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    else:
-        print(text)
+    _emit(result, args.json)
     if result.get("w_error") is not None:
         print(f"labkit detune: W-Error {result['w_error']:.2f} (Mean-LoRA {result['mean_lora_w_error']:.2f}) over "
               f"{result['n_layers']} layers in {result['seconds']['total']:.1f} s → {args.out}", file=sys.stderr)
@@ -181,8 +181,6 @@ def _cmd_detune(args) -> int:
 
 
 def _cmd_dsire(args) -> int:
-    import json
-
     from labkit.replicate.dsire import dsire_lora_wise
 
     set_order = None
@@ -191,11 +189,7 @@ def _cmd_dsire(args) -> int:
         set_order = [int(x) if x.lstrip("-").isdigit() else x for x in lines]
     result = dsire_lora_wise(args.lora_wise, args.config, rank=args.rank, repeats=args.splits,
                              n_train_sets=args.n_train_sets, seed=args.seed, set_order=set_order)
-    text = json.dumps(result, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    else:
-        print(text)
+    _emit(result, args.json)
     d, f = result["dsire"], result["frobenius_nn"]
     print(f"labkit dsire: {args.config}: accuracy {d['accuracy_mean']:.2f} ± {d['accuracy_std']:.2f} %, MAE "
           f"{d['mae_mean']:.2f} ± {d['mae_std']:.2f} (Frobenius-NN MAE {f['mae_mean']:.2f}) over "
@@ -205,17 +199,11 @@ def _cmd_dsire(args) -> int:
 
 
 def _cmd_probex(args) -> int:
-    import json
-
     from labkit.replicate.probex import probex_model_j
 
     result = probex_model_j(args.model_j, args.subset, args.layer, epochs=args.epochs, eval_every=args.eval_every,
                             rep_dim=args.rep_dim, baselines=args.baselines, device=args.device, seed=args.seed)
-    text = json.dumps(result, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    else:
-        print(text)
+    _emit(result, args.json)
     extra = "".join(f", {k} {v['test_accuracy']:.2f} %" for k, v in (result["baselines"] or {}).items())
     paper = f" (paper {result['paper']['probex']:.2f} % at layer {result['paper']['layer']})" if result["paper"] else ""
     print(f"labkit probex: {args.subset} layer {result['layer']} ({result['layer_name']}): ProbeX test accuracy "
@@ -225,8 +213,6 @@ def _cmd_probex(args) -> int:
 
 
 def _cmd_probegen(args) -> int:
-    import json
-
     from labkit.replicate.probegen import probegen_cifar10_gs, probegen_inr
 
     if (args.inr is None) == (args.cnn_zoo is None):
@@ -241,11 +227,7 @@ def _cmd_probegen(args) -> int:
         if args.split_json is not None:
             raise ValueError("--split-json applies to --inr; CIFAR10-GS takes --split-file")
         result = probegen_cifar10_gs(args.cnn_zoo, args.split_file, **kwargs)
-    text = json.dumps(result, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    else:
-        print(text)
+    _emit(result, args.json)
     ref = ", ".join(f"{k} {v:g}" for k, v in (result["reference"] or {}).items())
     n = result["n_networks"]
     print(f"labkit probegen: {result['dataset']} {result['method']} ({result['n_probes']} probes): "
