@@ -8,14 +8,15 @@ the probes (one training step's zoo work) and forward only (evaluation, syntheti
 batch of 32 networks and on a whole zoo of ``--zoo`` networks. Threads are pinned identically. Prints the ratios
 loop / batched.
 
-Measured on the shared 2-core CPU (load ≈ 5, so every number is inflated), loop / batched: SIRENs 5.9× (vmap) and
-7.3× (bmm) for a training batch of 32 forward + backward, 3.5× / 6.2× forward only, 5.3× / 5.5× for 1024 SIRENs;
-CNNs 4.0× for a batch of 32 forward + backward, 2.6× forward only, but only 1.3× (forward + backward) and 0.6×
-(forward) for 1024 CNNs, where vmap becomes one grouped convolution with 1024 groups, which is slow on a CPU (an
-unfold + bmm version was slower still). The 10× target is therefore NOT reached on a CPU: once a few dozen networks
-are batched, the arithmetic (the sines, the convolutions) and not the Python loop dominates. The loop's cost is
-per-call overhead, much larger on a GPU (kernel launches); a GPU measurement is still missing. FLOPs per network
-match reference §6: 0.88 MFLOP per INR (T = 128), 57.8 MFLOP per CIFAR10-GS CNN; 2,400–17,000× less than the
+Measured on an idle 2-core CPU (``--quick``: 256 networks, 128 probes), loop / batched: SIRENs 5.1× (vmap) and
+6.7× (bmm) for a training batch of 32 forward + backward, 9.0× / 10.1× for 256 SIRENs forward + backward, 3.8× /
+8.6× and 6.6× / 6.7× forward only; CNNs 3.6× (batch of 32, forward + backward), 3.0× for 256, and 1.8–2.1×
+forward only, where vmap becomes one grouped convolution (one group per network), which is slow on a CPU (an
+unfold + bmm version was slower still). The 10× target is therefore reached on a CPU only for SIRENs at zoo
+scale: once a few dozen networks are batched, the arithmetic (the sines, the convolutions) and not the Python loop
+dominates. The loop's cost is per-call overhead, much larger on a GPU (kernel launches); a GPU measurement is
+still missing (this task had no GPU).
+FLOPs per network match reference §6: 0.88 MFLOP per INR (T = 128), 57.8 MFLOP per CIFAR10-GS CNN; 2,400–17,000× less than the
 graph/equivariant metanetworks' per-INR figures (which use resized ~6 M-parameter configs, so the ratio overstates
 the paper's 30–1000×).
 
