@@ -12,8 +12,8 @@ Both runs end with the same weights (checked). Prints seconds for each and the r
 cache after the first epoch, so this is the *best case* for (a); on a cold disk with 350 MB ViT checkpoints the
 gap is far larger. Timings on a shared CPU are noisy: compare the ratio, not the seconds.
 
-Measured (defaults, 2 busy CPU cores shared with other jobs): 2.4 s per-file against 1.7 s pre-extracted (1.4×),
-identical weights; ``--quick``: 0.25 s against 0.18 s. With warm, small files the per-step file opens cost about
+Measured on an idle 2-core CPU (defaults): 1.6–1.7 s per-file against 0.66 s pre-extracted (2.5×), identical
+weights; ``--quick``: 0.25 s against 0.10 s (2.5×). With warm, small files the per-step file opens cost about
 0.1 ms each and the ProbeX compute dominates; the gain grows with file size, cold storage and the number of epochs
 (the official 500 epochs × ~700 models reopen 350 k files per layer).
 
