@@ -307,15 +307,17 @@ class RetrievalExplorer(_Explorer):
 
     ``search(query, k) -> {"ids", "descriptions", "scores", "samples" [k, n, H, W]}`` is a plain function (the
     notebook builds it from a trained ``ProbeXZeroShot``); the callback calls it and
-    ``labkit.plots.retrieval_figure``.
+    ``labkit.plots.retrieval_figure``. A nonzero ``calibration`` γ is passed on as ``search(query, k,
+    calibration=γ)`` (calibrated stacking: the search lowers the scores of seen-concept models by γ).
     """
 
-    def __init__(self, search, query: str = "a mirrored handwritten three", k: int = 4, max_k: int = 8):
+    def __init__(self, search, query: str = "a mirrored handwritten three", k: int = 4, max_k: int = 8,
+                 calibration: float = 0.0):
         import ipywidgets as widgets
 
         if not 1 <= k <= max_k:
             raise ValueError(f"k must be between 1 and max_k={max_k}, got {k}")
-        self.search = search
+        self.search, self.calibration = search, float(calibration)
         self.query = widgets.Text(value=query, description="query", continuous_update=False)
         self.k = widgets.IntSlider(value=k, min=1, max=max_k, description="top k", continuous_update=False)
         self._wire(self.query, self.k)
@@ -329,7 +331,8 @@ class RetrievalExplorer(_Explorer):
             self.state = {"query": "", "ids": [], "descriptions": [], "scores": []}
             self.label.value = "type a description, e.g. “a thick handwritten seven”"
             return self.state
-        res = self.search(query, self.k.value)
+        res = (self.search(query, self.k.value, calibration=self.calibration) if self.calibration
+               else self.search(query, self.k.value))
         self.state = {"query": query, **res}
         best = ", ".join(f"{d} ({float(s):.2f})" for d, s in zip(res["descriptions"][:3], res["scores"][:3]))
         self._show(f"“{query}” → {best}", retrieval_figure(query, res["descriptions"], res["scores"], res["samples"]))

@@ -189,6 +189,38 @@ def test_zero_shot_generalises_through_text_on_a_toy_concept_zoo():
         px.zero_shot_accuracy(model, Xh, yh + 5, embed(held))
 
 
+def test_draw_heldout_concepts_keeps_every_digit_and_style_seen():
+    concepts = [(d, s) for d in range(10) for s in range(9)]
+    for seed in range(5):
+        held = px.draw_heldout_concepts(concepts, 18, seed=seed)
+        assert len(held) == len(set(held)) == 18 and held == sorted(held)
+        seen = [c for i, c in enumerate(concepts) if i not in held]
+        assert {d for d, _ in seen} == set(range(10)) and {s for _, s in seen} == set(range(9))
+    assert px.draw_heldout_concepts(concepts, 18, seed=3) == px.draw_heldout_concepts(concepts, 18, seed=3)
+    assert px.draw_heldout_concepts(concepts, 18, seed=3) != px.draw_heldout_concepts(concepts, 18, seed=4)
+    with pytest.raises(ValueError, match="keeps every attribute"):  # 3 of 4 concepts out: a value must go
+        px.draw_heldout_concepts([(0, 0), (0, 1), (1, 0), (1, 1)], 3, max_tries=50)
+    with pytest.raises(ValueError, match="n_heldout"):
+        px.draw_heldout_concepts(concepts, 90)
+
+
+def test_calibrated_stacking_and_the_choice_of_gamma():
+    seen = torch.tensor([True, True, False])
+    scores = torch.tensor([[0.9, 0.1, 0.5],   # seen class 0, right by 0.4
+                           [0.2, 0.8, 0.5],   # seen class 1, right by 0.3
+                           [0.6, 0.1, 0.45],  # unseen class 2, loses by 0.15 without calibration
+                           [0.1, 0.7, 0.3]])  # unseen class 2, loses by 0.4
+    y = torch.tensor([0, 1, 2, 2])
+    torch.testing.assert_close(px.calibrated_stacking(scores, seen, 0.2)[:, 2], scores[:, 2])
+    torch.testing.assert_close(px.calibrated_stacking(scores, seen, 0.2)[:, :2], scores[:, :2] - 0.2)
+    gamma, H = px.choose_calibration(scores, y, seen, torch.tensor([0.0, 0.2, 0.25, 0.35, 0.5]))
+    # (seen, unseen) accuracy: γ=0 (1, 0); 0.2 and 0.25 (1, 1/2); 0.35 (1/2, 1/2); 0.5 (0, 1/2); first of equals wins
+    torch.testing.assert_close(H, torch.tensor([0.0, 2 / 3, 2 / 3, 1 / 2, 0.0]))
+    assert gamma == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="both seen and unseen"):
+        px.choose_calibration(scores[:2], y[:2], seen, torch.tensor([0.0]))
+
+
 def test_nearest_root_router():
     g = torch.Generator().manual_seed(0)
     roots = torch.randn(3, 5, 5, generator=g) * 3
@@ -220,6 +252,10 @@ def test_retrieval_explorer_runs_the_search_on_every_change():
     assert ex.state["ids"] == [] and "type a description" in ex.label.value
     with pytest.raises(ValueError, match="between 1 and max_k"):
         RetrievalExplorer(_search, k=0)
+    calls = []
+    ex = RetrievalExplorer(lambda q, k, calibration: calls.append(calibration) or _search(q, k), k=2,
+                           calibration=0.2)
+    assert calls == [0.2] and len(ex.state["ids"]) == 2  # a nonzero γ is passed on to the search
 
 
 def test_retrieval_and_sweep_figures():

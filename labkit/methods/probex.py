@@ -25,7 +25,9 @@ Entry points (all take a **pre-extracted** layer tensor, so a command-line wrapp
 * ``train_dense_expert`` and ``train_statnn`` — the two baselines, same trainer, same selection.
 * ``train_zero_shot(X_train, y_train, text_train, X_val, y_val, **settings) -> (model, history)`` — the text head:
   frozen text embeddings ``[C, d_text]`` projected to ``r_T``, cosine logits, cross-entropy;
-  ``zero_shot_accuracy(model, X, y, text)`` is top-1 over the candidate texts.
+  ``zero_shot_accuracy(model, X, y, text)`` is top-1 over the candidate texts; ``draw_heldout_concepts`` draws
+  further held-out sets that keep every attribute seen; ``calibrated_stacking`` and ``choose_calibration`` are the
+  generalised zero-shot calibration of Chao et al. 2016.
 * ``nearest_root_router(X, roots) -> tree index [N]`` — the unsupervised router of the mixture of experts.
 
 Defaults are the official discriminative ones (r_U = r_V = 128, r_T = 128 as in its sbatch script, Adam 1e-3,
@@ -52,8 +54,11 @@ __all__ = [
     "StatMLP",
     "as_matrix",
     "binary_accuracy",
+    "calibrated_stacking",
+    "choose_calibration",
     "cosine_logits",
     "dense_expert_param_count",
+    "draw_heldout_concepts",
     "fit_multilabel",
     "forward_flops",
     "nearest_root_router",
@@ -414,6 +419,58 @@ def train_zero_shot(X_train: torch.Tensor, y_train: torch.Tensor, text_train: to
                        len(X_train), (lambda: zero_shot_accuracy(model, X_val, y_val, text_train)) if has_val else None,
                        lr=lr, weight_decay=0.0, epochs=epochs, batch_size=batch_size, eval_every=eval_every, seed=seed,
                        ties_to_later=True)
+
+
+def draw_heldout_concepts(attributes: Sequence[Sequence], n_heldout: int, seed: int = 0,
+                          max_tries: int = 10_000) -> list[int]:
+    """A random held-out set of ``n_heldout`` concepts that leaves every attribute value among the seen ones.
+
+    ``attributes``: one tuple per concept, e.g. ``(digit, style)``; returns sorted concept indices. Seeded rejection
+    sampling (``numpy.random.default_rng(seed)``), as the mini-jungle notes hold out concepts.
+    """
+    import numpy as np
+
+    n = len(attributes)
+    if not 0 < n_heldout < n:
+        raise ValueError(f"n_heldout must be between 1 and {n - 1} (the number of concepts - 1), got {n_heldout}")
+    values = [set(col) for col in zip(*attributes)]
+    rng = np.random.default_rng(seed)
+    for _ in range(max_tries):
+        held = set(rng.choice(n, size=n_heldout, replace=False).tolist())
+        seen = [a for i, a in enumerate(attributes) if i not in held]
+        if all({a[j] for a in seen} == v for j, v in enumerate(values)):
+            return sorted(held)
+    raise ValueError(f"no held-out set of {n_heldout} concepts keeps every attribute seen ({max_tries} tries)")
+
+
+def calibrated_stacking(scores: torch.Tensor, seen: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Calibrated stacking (Chao et al., ECCV 2016, §3): ``scores - γ·seen``.
+
+    ``scores: [N, C]`` (here cosine logits over seen and unseen descriptions), ``seen: [C]`` bool → ``[N, C]``.
+    """
+    if seen.shape != scores.shape[-1:]:
+        raise ValueError(f"seen must be a [C={scores.shape[-1]}] mask over the candidates, got {list(seen.shape)}")
+    return scores - gamma * seen.to(scores.dtype)
+
+
+def choose_calibration(scores: torch.Tensor, y: torch.Tensor, seen: torch.Tensor,
+                       gammas: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The γ of ``gammas`` with the best harmonic mean of seen- and unseen-class top-1 accuracy (first of equals).
+
+    ``scores: [N, C]`` on calibration models, ``y: [N]`` their classes, ``seen: [C]`` bool → ``(γ, H [G])``.
+    """
+    if y.shape != scores.shape[:1]:
+        raise ValueError(f"y must be [N={len(scores)}] class indices, got {list(y.shape)}")
+    from_seen = seen[y]
+    if from_seen.all() or not from_seen.any():
+        raise ValueError("calibration needs models of both seen and unseen classes")
+    H = []
+    for g in gammas.tolist():
+        hit = calibrated_stacking(scores, seen, g).argmax(1) == y
+        s, u = hit[from_seen].float().mean(), hit[~from_seen].float().mean()
+        H.append(2 * s * u / (s + u) if s + u > 0 else s.new_zeros(()))
+    H = torch.stack(H)
+    return float(gammas[int(H.argmax())]), H
 
 
 # ---------------------------------------------------------------------------------------- router (spec §2)
