@@ -72,3 +72,19 @@ def make_notebook(path: Path, *cells: tuple[str, str] | str, params: str | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
+
+
+def notebook_text(path: Path) -> str:
+    """Everything an executed notebook printed: stream text and error values of its code cells."""
+    nb = nbformat.read(path, as_version=4)
+    return "\n".join(o.get("text", "") or o.get("evalue", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
+
+
+def link_public_data(root: Path, monkeypatch, **folders: Path) -> Path:
+    """``$LABKIT_DATA`` = ``root``, holding one symlink per benchmark folder (``lowra=FIXTURE`` → ``root/lowra``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, target in folders.items():
+        (root / name).symlink_to(target, target_is_directory=True)
+    monkeypatch.setenv("LABKIT_DATA", str(root))
+    return root

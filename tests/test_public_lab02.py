@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
+from conftest import link_public_data, notebook_text
 
 from labkit.methods import probex as px
 from labkit.nbtools import exercise_ids, read_notebook
@@ -26,16 +26,9 @@ torch.set_num_threads(1)
 @pytest.fixture
 def data(tmp_path, monkeypatch, kit_home) -> Path:
     """$LABKIT_DATA with model_j/ linked to the fixture (SupViT and SD_200)."""
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / "model_j").symlink_to(FIX, target_is_directory=True)
-    monkeypatch.setenv("LABKIT_DATA", str(root))
-    return root
+    return link_public_data(tmp_path / "data", monkeypatch, model_j=FIX)
 
 
-def _outputs(path: Path) -> str:
-    nb = nbformat.read(path, as_version=4)
-    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
 @pytest.mark.notebook
@@ -51,7 +44,7 @@ def test_probex_notebook_on_the_model_j_fixture(data, tmp_path):
     assert m["statnn.accuracy"]["paper"] == pytest.approx(PAPER["SupViT"]["statnn"] / 100)
     for key in m:  # 2 test models × 100 labels
         assert 0 <= m[key]["value"] <= 1 and m[key]["value"] * 200 == pytest.approx(round(m[key]["value"] * 200))
-    text = _outputs(run.output)
+    text = notebook_text(run.output)
     assert "Model-J SupViT from" in text and "6 models" in text
     assert "Skipped with data_source='public': the mixture of experts" in text
     assert "Skipped with data_source='public': zero-shot needs the concept zoo" in text
@@ -77,4 +70,4 @@ def test_probex_notebook_without_the_download_names_the_command(tmp_path, monkey
     assert not run.ok
     assert "BenchmarkMissingError" in run.error
     assert "python data_scripts/download.py model-j --subset SupViT" in run.error
-    assert "meant for the full profile" in _outputs(run.output)
+    assert "meant for the full profile" in notebook_text(run.output)

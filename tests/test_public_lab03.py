@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
+from conftest import notebook_text
 from test_probegen_cli import write_public_probegen
 
 from labkit.cli import main
@@ -21,10 +21,6 @@ from labkit.runner import run_notebook
 NB03 = Path(__file__).resolve().parents[1] / "notebooks" / "03_probegen.ipynb"
 
 
-def _outputs(path: Path) -> str:
-    nb = nbformat.read(path, as_version=4)
-    return "\n".join(o.get("text", "") or o.get("evalue", "") for c in nb.cells if c.cell_type == "code"
-                     for o in c.get("outputs", []))
 
 
 @pytest.mark.notebook
@@ -43,7 +39,7 @@ def test_probegen_notebook_on_public_zoos(tmp_path, monkeypatch, kit_home, capsy
         assert -1.0 <= m[f"{method}.public.cnn_tau"]["value"] <= 1.0
     assert -1.0 <= m["statnn.public.cnn_tau"]["value"] <= 1.0
     assert not any(k in m for k in ("probegen.inr_accuracy", "probegen.cnn_tau"))  # no mini-zoo metrics
-    text = _outputs(run.output)
+    text = notebook_text(run.output)
     assert "fmnist_inrs train 40, val 12, test 12 networks" in text
     assert "CIFAR10-GS: NG-T τ = 0.935" in text and "fmnist_inrs: NFN 75.6 %" in text
     assert "extra generator depths (1, 4) are skipped" in text
@@ -65,4 +61,4 @@ def test_probegen_notebook_without_the_data_says_where_to_get_it(tmp_path, monke
     assert "BenchmarkMissingError" in run.error
     assert f"INR zoo folder not found at {tmp_path / 'empty' / 'probegen' / 'fmnist_inrs'}" in run.error
     assert "download DWSNets' Dropbox mnist-inrs.zip / fmnist_inrs.zip" in run.error
-    assert "meant for the full profile (this run is 'smoke')" in _outputs(run.output)
+    assert "meant for the full profile (this run is 'smoke')" in notebook_text(run.output)

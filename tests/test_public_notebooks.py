@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
-from conftest import make_notebook
+from conftest import link_public_data, make_notebook, notebook_text
 
 from labkit.cli import main
 from labkit.nbtools import NotebookError, exercise_ids, read_notebook
@@ -23,17 +22,9 @@ NB04, NB05 = ROOT / "notebooks" / "04_dsire.ipynb", ROOT / "notebooks" / "05_spe
 @pytest.fixture
 def public_data(tmp_path, monkeypatch, kit_home) -> Path:
     """$LABKIT_DATA with lora_wise/ and lowra/ linked to the fixtures (low_8 + medium_8; vit)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "lora_wise").symlink_to(FIX / "lora_wise", target_is_directory=True)
-    (data / "lowra").symlink_to(FIX / "lowra", target_is_directory=True)
-    monkeypatch.setenv("LABKIT_DATA", str(data))
-    return data
+    return link_public_data(tmp_path / "data", monkeypatch, lora_wise=FIX / "lora_wise", lowra=FIX / "lowra")
 
 
-def _outputs(path: Path) -> str:
-    nb = nbformat.read(path, as_version=4)
-    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
 def test_run_notebook_passes_extra_parameters(tmp_path, kit_home):
@@ -65,7 +56,7 @@ def test_dsire_notebook_on_the_lora_wise_fixture(public_data, tmp_path, capsys):
     assert m["frobenius_nn.public.mae"]["value"] == cli["frobenius_nn"]["mae_mean"]
     assert m["dsire.public.mae"]["paper"] == 0.43 and m["dsire.public.accuracy"]["paper"] == 66.0  # Table 4, r 8
     assert m["frobenius_nn.public.mae"]["paper"] is None  # Table 4 has no baseline row
-    text = _outputs(run.output)
+    text = notebook_text(run.output)
     assert "Skipped with data_source='public'" in text and "low_8 (6 LoRAs, 2 layers; paper: Table 4 (rank 8))" in text
 
 
@@ -86,7 +77,7 @@ def test_detuning_notebook_on_the_lowra_fixture(public_data, tmp_path):
     assert m["mean_lora.public.w_error"]["value"] == pytest.approx(direct["mean_lora_w_error"], abs=1e-6)
     assert m["spectral_detuning.public.w_error"]["value"] < m["mean_lora.public.w_error"]["value"] - 1
     assert m["spectral_detuning.public.w_error"]["paper"] is None  # no ViT number in the spec
-    text = _outputs(run.output)
+    text = notebook_text(run.output)
     assert "Skipped with data_source='public'" in text and "LoRAs [13, 6, 12, 14, 0]" in text
 
 
@@ -94,7 +85,7 @@ def test_detuning_notebook_on_the_lowra_fixture(public_data, tmp_path):
 def test_public_notebook_on_another_profile_says_so(public_data, tmp_path):
     run = run_notebook(NB05, "smoke", runs_root=tmp_path / "runs", parameters={"data_source": "public"})
     assert run.ok, run.error
-    assert "the public benchmark is meant for the full profile" in _outputs(run.output)
+    assert "the public benchmark is meant for the full profile" in notebook_text(run.output)
 
 
 @pytest.mark.notebook
