@@ -212,7 +212,7 @@ def test_two_fresh_builds_are_identical_and_a_killed_build_resumes(tmp_path, mon
     b = _finish(b_proc)
 
     digests = {name: _digests(root) for name, root in (("a", a), ("b", b), ("c", c))}
-    assert len(digests["a"]) == 2 * N_TINY  # png + model.safetensors + 2 files per adapter
+    assert len(digests["a"]) == 3 * N_TINY  # png + model.safetensors + 2 files per adapter, + row.json each
     assert digests["a"] == digests["b"] == digests["c"]
     rows_c = [json.loads(line) for line in (c / "manifest.jsonl").read_text().splitlines()]
     assert len(rows_c) == len({r["id"] for r in rows_c}) == N_TINY  # nothing missing, nothing duplicated

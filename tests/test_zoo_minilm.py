@@ -181,16 +181,20 @@ def test_an_interrupted_build_resumes_to_identical_files(smoke_zoo, tmp_path):
     home = tmp_path / "home3"
     root = home / smoke_zoo.root.name
     shutil.copytree(smoke_zoo.root, root)
-    # what a SIGKILL can leave: one finished model, a half-written manifest line, a model folder without a row
-    # and a temporary folder
+    # what a SIGKILL can leave: finished models, a half-written manifest line, a finished model folder whose row
+    # was never appended, a half-written one (no row.json) and a temporary folder
+    ids = smoke_zoo.ids()
     lines = (root / "manifest.jsonl").read_text().splitlines(keepends=True)
     (root / "manifest.jsonl").write_text(lines[0] + lines[1][:40])
     (root / "COMPLETE").unlink()
-    shutil.copytree(root / "models" / smoke_zoo.ids()[2], root / "models" / ".tmp-partial-1")
-    kept = (root / "models" / smoke_zoo.ids()[0] / "adapter_model.safetensors").stat().st_mtime_ns
+    (root / "models" / ids[2] / "row.json").unlink()
+    shutil.rmtree(root / "models" / ids[3])
+    shutil.copytree(root / "models" / ids[2], root / "models" / ".tmp-partial-1")
+    kept = (root / "models" / ids[0] / "adapter_model.safetensors").stat().st_mtime_ns
     resumed = _build(home)
-    assert resumed.complete and resumed.ids() == smoke_zoo.ids()
+    assert resumed.complete and resumed.ids() == ids  # ids[1] listed again from its row.json
     assert len((root / "manifest.jsonl").read_text().splitlines()) == 4
+    assert (root / "manifest.jsonl").read_text() == smoke_zoo.manifest_path.read_text()
     assert {r["id"]: r["files"] for r in resumed.rows()} == {r["id"]: r["files"] for r in smoke_zoo.rows()}
-    assert (root / "models" / smoke_zoo.ids()[0] / "adapter_model.safetensors").stat().st_mtime_ns == kept
-    assert resumed.summary()["trained"] == 3
+    assert (root / "models" / ids[0] / "adapter_model.safetensors").stat().st_mtime_ns == kept
+    assert resumed.summary()["trained"] == 2 and not (root / "models" / ".tmp-partial-1").exists()

@@ -56,7 +56,11 @@ def build_threads(n: int = BUILD_THREADS):
 
 
 def build(recipe: str, cfg=None, *, profile: str | None = None, home=None, **overrides) -> ZooStore:
-    """Build (or reuse) a zoo. ``cfg`` is what ``labkit.setup`` returned; ``overrides`` change settings."""
+    """Build (or reuse) a zoo. ``cfg`` is what ``labkit.setup`` returned; ``overrides`` change settings.
+
+    A zoo marked complete is served as it is only if its manifest lists every model the build promised and each
+    listed file exists with its recorded size; otherwise the build takes the lock, repairs, rebuilds what is
+    missing or fails its sha256, and marks it complete again."""
     from labkit.session import pick_device, resolve_profile
 
     module = recipe_module(recipe)
@@ -64,10 +68,11 @@ def build(recipe: str, cfg=None, *, profile: str | None = None, home=None, **ove
     device = cfg.device if cfg is not None else pick_device()
     settings = {**module.settings(profile), **overrides}
     store = ZooStore.open(recipe, profile, settings, home=home)
-    if store.complete:
+    if store.complete and not store.problems(full=False):
         return store
-    with store.lock():
-        if not store.complete:
+    with store.lock():  # repairs what an interrupted build (or damage) left; see ZooStore._repair
+        if not store.complete or store.problems(full=False):
+            store.mark_incomplete()
             t0 = time.perf_counter()
             with build_threads():
                 summary = module.build(store, settings, device) or {}

@@ -5,15 +5,25 @@ Layout of a zoo under ``LABKIT_HOME``::
     <recipe>-<profile>-<settings hash>/
         zoo.json              recipe, profile, settings (what the hash was computed from)
         manifest.jsonl        one JSON row per finished model: id, tree, parent, split, labels, hparams, …,
-                              kind ("model" | "adapter"), sha256 of the main file, and every file's sha256
+                              kind ("model" | "adapter"), sha256 of the main file, every file's sha256 and size
         models/<id>/model.safetensors                                 full weights (+ metadata, Model-J style)
         models/<id>/adapter_config.json, adapter_model.safetensors    or a peft LoRA adapter
-        COMPLETE              written last, when the recipe has finished
+        models/<id>/row.json  the model's own copy of its manifest row (so a lost manifest can be rebuilt)
+        COMPLETE              written last, when the recipe has finished: a summary and the ids it promised
 
-A model is written into a hidden temporary folder, its files are hashed, the folder is renamed into place and
-only then is its manifest row appended (flushed and fsynced). A build killed at any moment therefore leaves
-either a listed, complete model or something that ``ZooStore`` removes when it next opens the zoo (temporary
-folders, folders without a row, a half-written last manifest line). Nothing is ever read with pickle.
+A model is written into a hidden temporary folder with its files hashed into ``row.json``, the folder is renamed
+into place and only then is its manifest row appended (flushed and fsynced). A build killed at any moment
+therefore leaves a listed, complete model, a temporary folder, a folder whose row is missing (or half-written
+as the manifest's last line) — never a listed model with missing files.
+
+Readers never change anything: opening a zoo, ``labkit zoo verify`` and ``labkit inspect`` only read, so they
+can run while a build writes. Only a build, holding the zoo's lock, repairs (``ZooStore._repair``): it removes
+the builders' temporary folders and models whose files fail their sha256, cuts a half-written last line, and
+lists again a finished folder whose ``row.json`` matches its files. A manifest line that cannot be read is an
+error naming the line; ``labkit zoo repair`` rebuilds the manifest from the folders, deleting nothing. A zoo
+marked complete is served only if its manifest lists every promised model and every listed file exists with
+its recorded size (``problems(full=False)``); the full sha256 check is ``labkit zoo verify`` and the loaders'.
+Nothing is ever read with pickle.
 
 safetensors writes its header from a hash map, so the same tensors and metadata can give different bytes in
 two processes; ``canonical_safetensors`` re-serialises the header with sorted keys (data untouched) so every
@@ -28,9 +38,12 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from labkit.safe_io import printable, read_bytes
 
 __all__ = [
     "CorruptFileError",
@@ -45,6 +58,7 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.safetensors"
+ROW_FILE = "row.json"  # each model folder's own copy of its manifest row
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -132,19 +146,115 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, metadata
 
 
+# ------------------------------------------------------------------------------------------- the manifest
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_MANIFEST = 1 << 30  # 1 GiB: far above any real zoo (a row is ~1 KB), far below what would hurt to read
+
+
+def _check_row(row: object) -> str | None:
+    """Why ``row`` is not a manifest row (None when it is one): a JSON object with a safe ``id``, a ``kind``, and
+    ``files`` mapping plain file names to sha256 digests (``sizes``, when present, to byte counts)."""
+    if not isinstance(row, dict):
+        return f"is a JSON {type(row).__name__}, not an object"
+    if not isinstance(row.get("id"), str) or not _ID.match(row["id"]):
+        return f"has no valid model id (got {str(row.get('id'))[:40]!r})"
+    if row.get("kind") not in ("model", "adapter"):
+        return f"has kind {str(row.get('kind'))[:20]!r}, not 'model' or 'adapter'"
+    files, sizes = row.get("files"), row.get("sizes", {})
+    if not isinstance(files, dict) or not files or not all(
+            isinstance(k, str) and _ID.match(k) and isinstance(v, str) and _HEX64.match(v) for k, v in files.items()):
+        return "has no valid 'files' (file name → sha256)"
+    if not isinstance(sizes, dict) or not all(k in files and type(v) is int and v >= 0 for k, v in sizes.items()):
+        return "has invalid 'sizes' (file name → bytes)"
+    if row.get("sha256") not in files.values():
+        return "has a 'sha256' that is none of its files' digests"
+    return None
+
+
+@dataclass
+class _Manifest:
+    rows: dict[str, dict]  # id -> row, in file order
+    good_end: int  # bytes up to the end of the last complete line
+    size: int  # bytes in the file (> good_end: a half-written last line)
+    bad: list[tuple[int, str]]  # (line number, what is wrong with it)
+
+
+def _read_manifest(path: Path) -> _Manifest:
+    """Parse ``manifest.jsonl`` without changing it. A last line without its newline is a row still being written
+    (or whose writer was killed) and is not counted; any other line that is not a valid row is reported in
+    ``bad`` with its number."""
+    if not path.is_file():
+        return _Manifest({}, 0, 0, [])
+    raw = read_bytes(path, _MAX_MANIFEST, "manifest")
+    rows: dict[str, dict] = {}
+    bad: list[tuple[int, str]] = []
+    good_end = 0
+    for number, line in enumerate(raw.splitlines(keepends=True), 1):
+        if not line.endswith(b"\n"):
+            break
+        good_end += len(line)
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            bad.append((number, f"is not valid JSON ({printable(e)[:80]})"))
+            continue
+        why = _check_row(row)
+        if why is None and row["id"] in rows:
+            why = f"repeats model id {row['id']!r}"
+        if why is None:
+            rows[row["id"]] = row
+        else:
+            bad.append((number, why))
+    return _Manifest(rows, good_end, len(raw), bad)
+
+
+def _read_json(path: Path, what: str, limit: int = 16 << 20) -> dict:
+    """A small JSON object file of the store (zoo.json, COMPLETE, row.json); one-line ``ZooError`` otherwise."""
+    try:
+        data = json.loads(read_bytes(path, limit, what))
+    except (OSError, ValueError, RecursionError) as e:
+        raise ZooError(f"{printable(path)}: not a readable {what} ({printable(e)[:100]}); restore it or rebuild "
+                       "the zoo") from None
+    if not isinstance(data, dict):
+        raise ZooError(f"{printable(path)}: the {what} must be a JSON object, got a {type(data).__name__}")
+    return data
+
+
+def _in_write_order(rows: list[dict]) -> list[dict]:
+    """Rows sorted by their ``seq`` (the manifest position each model was written at), so a manifest rebuilt
+    from the folders lists them as the build did; rows of an older kit (no ``seq``) keep the order given."""
+    return sorted(rows, key=lambda r: r["seq"]) if all(type(r.get("seq")) is int for r in rows) else rows
+
+
+def _row_line(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, default=str) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------- the store
 
 
 class ZooStore:
-    """One zoo folder. Open it with ``ZooStore.open(recipe, profile, settings)`` or ``ZooStore(path)``."""
+    """One zoo folder. Open it with ``ZooStore.open(recipe, profile, settings)`` or ``ZooStore(path)``.
+
+    Opening a store only reads: it never deletes, truncates or rewrites anything, so any number of readers
+    (notebooks, ``labkit zoo verify``, ``labkit inspect``) can open a zoo while a build writes it. A manifest line
+    that is not a valid row is a ``ZooError`` naming the line; the models stay on disk (``repair_manifest``).
+    Only a build holding ``lock()`` repairs (see ``_repair``).
+    """
 
     def __init__(self, root: str | Path):
+        self._open(root)
+        self._reload()
+
+    def _open(self, root: str | Path) -> None:
         self.root = Path(root)
         if not (self.root / "zoo.json").is_file():
-            raise ZooError(f"{self.root} is not a labkit zoo (no zoo.json); build one with `labkit zoo build`")
-        self.info = json.loads((self.root / "zoo.json").read_text())
+            raise ZooError(f"{printable(self.root)} is not a labkit zoo (no zoo.json); build one with "
+                           "`labkit zoo build`")
+        self.info = _read_json(self.root / "zoo.json", "zoo.json")
         self._rows: dict[str, dict] = {}
-        self._repair()
+        self._torn = False
 
     @classmethod
     def open(cls, recipe: str, profile: str, settings: dict, home: str | Path | None = None) -> ZooStore:
@@ -157,7 +267,7 @@ class ZooStore:
         root.mkdir(parents=True, exist_ok=True)
         if not (root / "zoo.json").is_file():
             info = {"recipe": recipe, "profile": profile, "settings": settings, "key": root.name}
-            tmp = root / ".zoo.json.tmp"
+            tmp = root / f".zoo.json.tmp-{os.getpid()}"
             tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
             os.replace(tmp, root / "zoo.json")
         return cls(root)
@@ -177,21 +287,29 @@ class ZooStore:
         return (self.root / "COMPLETE").is_file()
 
     def mark_complete(self, summary: dict | None = None) -> None:
-        """Record that the recipe finished (with an optional summary: timings, counts)."""
-        tmp = self.root / ".COMPLETE.tmp"
-        tmp.write_text(json.dumps(summary or {}, indent=2, sort_keys=True, default=str) + "\n")
+        """Record that the recipe finished, with the ids it promised (every model now listed) and an optional
+        summary (timings, counts)."""
+        summary = {**(summary or {}), "ids": self.ids()}
+        tmp = self.root / f".COMPLETE.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
         os.replace(tmp, self.root / "COMPLETE")
 
+    def mark_incomplete(self) -> None:
+        """Withdraw the COMPLETE marker (a build found the zoo damaged and is filling it in again)."""
+        (self.root / "COMPLETE").unlink(missing_ok=True)
+
     def summary(self) -> dict:
-        return json.loads((self.root / "COMPLETE").read_text()) if self.complete else {}
+        return _read_json(self.root / "COMPLETE", "COMPLETE marker") if self.complete else {}
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 3600):
-        """Exclusive lock for builders, so two processes never build the same zoo at once."""
+        """Exclusive lock for builders, so two processes never build the same zoo at once. On entry the holder
+        re-reads the manifest (another process may have added models while we waited) and repairs what an
+        interrupted build left (``_repair``)."""
         from filelock import FileLock
 
         with FileLock(str(self.root / ".lock"), timeout=timeout):
-            self._repair()  # another process may have added models while we waited
+            self._repair()
             yield self
 
     def __contains__(self, model_id: str) -> bool:
@@ -211,42 +329,190 @@ class ZooStore:
         try:
             return dict(self._rows[model_id])
         except KeyError:
-            raise ZooError(f"no model {model_id!r} in zoo {self.root.name}") from None
+            raise ZooError(f"no model {model_id!r} in zoo {printable(self.root.name)}") from None
 
-    def _repair(self) -> None:
-        """Re-read the manifest and remove what an interrupted build left behind."""
-        rows: dict[str, dict] = {}
-        if self.manifest_path.is_file():
-            raw = self.manifest_path.read_bytes()
-            good_end = 0
-            for line in raw.splitlines(keepends=True):
-                if not line.endswith(b"\n"):
-                    break  # a half-written last line: the model it described is not finished
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                rows[row["id"]] = row
-                good_end += len(line)
-            if good_end < len(raw):
-                with open(self.manifest_path, "r+b") as f:
-                    f.truncate(good_end)
-        self._rows = rows
+    def _unreadable(self, number: int, why: str) -> ZooError:
+        return ZooError(f"{printable(self.manifest_path)}: line {number} {why}; nothing was changed and the models "
+                        f"stay in {printable(self.models_dir)}; rebuild the manifest from them with "
+                        f"`labkit zoo repair {printable(self.root)}`")
+
+    def _reload(self) -> _Manifest:
+        """Re-read the manifest (read only); ``ZooError`` naming the first line that is not a valid row."""
+        manifest = _read_manifest(self.manifest_path)
+        if manifest.bad:
+            raise self._unreadable(*manifest.bad[0])
+        self._rows, self._torn = manifest.rows, manifest.size > manifest.good_end
+        return manifest
+
+    def _folders(self) -> list[Path]:
+        """Model folders on disk (hidden temporaries excluded)."""
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def _file_problems(self, row: dict, full: bool) -> list[str]:
+        """What is wrong with one listed model's files: missing, a size other than recorded, or (``full``) a
+        sha256 other than recorded. Empty when the model is intact."""
+        folder, sizes = self.models_dir / row["id"], row.get("sizes", {})
+        rebuild = (f"delete {printable(folder)} and rebuild the zoo (`labkit zoo build {self.info.get('recipe')} "
+                   f"--profile {self.info.get('profile')}`)")
+        out = []
+        for name, digest in row["files"].items():
+            path = folder / name
+            if not path.is_file():
+                out.append(f"{printable(path)} is missing; {rebuild}")
+            elif name in sizes and path.stat().st_size != sizes[name]:
+                out.append(f"{printable(path)} has {path.stat().st_size} bytes, the manifest records {sizes[name]} "
+                           f"(changed or truncated); {rebuild}")
+            elif full and sha256_file(path) != digest:
+                out.append(f"{printable(path)} does not match its sha256 in the manifest (changed or truncated); "
+                           f"{rebuild}")
+        return out
+
+    def problems(self, full: bool = True) -> list[str]:
+        """One line per problem, empty when the zoo is intact; changes nothing.
+
+        Always: a half-written last manifest line, models a complete zoo promised but the manifest does not
+        list, listed files that are missing or have another size than recorded. ``full`` adds every file's
+        sha256 and model folders that the manifest does not list. A complete zoo is served only if the quick
+        check (``full=False``) is clean."""
+        out = []
+        if self._torn:
+            out.append(f"{printable(self.manifest_path)}: the last line is half-written (a build was interrupted); "
+                       "the next build repairs it")
+        if self.complete:
+            summary = self.summary()
+            promised = summary.get("ids")
+            if isinstance(promised, list):
+                missing = [i for i in promised if i not in self._rows]
+                if missing:
+                    out.append(f"the zoo was completed with {len(promised)} models but the manifest lists "
+                               f"{len(promised) - len(missing)} of them (missing: {', '.join(map(printable, missing[:5]))}"
+                               f"{', …' if len(missing) > 5 else ''})")
+            elif isinstance(summary.get("models"), int) and summary["models"] > len(self._rows):
+                out.append(f"the zoo was completed with {summary['models']} models but the manifest lists "
+                           f"{len(self._rows)}")
+        for row in self._rows.values():
+            out += self._file_problems(row, full)
+        if full:
+            unlisted = [p.name for p in self._folders() if p.name not in self._rows]
+            if unlisted:
+                out.append(f"{len(unlisted)} model folders are not in the manifest ({', '.join(map(printable, unlisted[:5]))}"
+                           f"{', …' if len(unlisted) > 5 else ''}); `labkit zoo repair {printable(self.root)}` lists "
+                           "those whose files check out")
+        return out
+
+    def verify_all(self) -> list[str]:
+        """Every problem, each file's sha256 included (``problems(full=True)``)."""
+        return self.problems(full=True)
+
+    # -- repair (builders only) --------------------------------------------------------------------------
+
+    def _recorded_row(self, folder: Path) -> dict | None:
+        """The row a model folder carries in ``row.json`` if it is valid and every file matches it, else None."""
+        path = folder / ROW_FILE
+        if not path.is_file():
+            return None
+        try:
+            row = _read_json(path, "row file")
+        except ZooError:
+            return None
+        if _check_row(row) is not None or row["id"] != folder.name or self._file_problems(row, full=True):
+            return None
+        return row
+
+    def _write_manifest(self, rows: list[dict]) -> None:
+        """Replace the manifest atomically (readers see the old or the new file, never a mix)."""
+        tmp = self.root / f".manifest.jsonl.tmp-{os.getpid()}"
+        _write_bytes(tmp, "".join(_row_line(r) for r in rows).encode())
+        os.replace(tmp, self.manifest_path)
+
+    def _repair(self) -> list[str]:
+        """Put the store back into a state a build can continue from; call only while holding ``lock()``.
+
+        What it may remove is the builders' own: ``.tmp-*`` folders (no other builder runs while we hold the
+        lock) and models whose files fail their sha256. A half-written last manifest line is cut; a model folder
+        the manifest does not list is listed again if its ``row.json`` and files check out (the build was killed
+        between moving it into place and appending its row), removed if its ``row.json`` does not match its
+        files, and otherwise left alone. A manifest line that cannot be read stops the build with a ``ZooError``
+        (``repair_manifest`` rebuilds the manifest); nothing is removed because of it. Returns what was done."""
+        manifest = self._reload()
+        done = []
+        if self._torn:
+            with open(self.manifest_path, "r+b") as f:
+                f.truncate(manifest.good_end)
+            self._torn = False
+            done.append("cut the half-written last manifest line")
         if self.models_dir.is_dir():
-            for child in self.models_dir.iterdir():
-                if child.name.startswith(".tmp-") or child.name not in rows:
-                    shutil.rmtree(child, ignore_errors=True)
+            for tmp in self.models_dir.glob(".tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        broken = [i for i, row in self._rows.items() if self._file_problems(row, full=True)]
+        adopted = []
+        for folder in self._folders():
+            if folder.name in self._rows:
+                continue
+            row = self._recorded_row(folder)
+            if row is not None:
+                adopted.append(row)
+            elif (folder / ROW_FILE).is_file():
+                shutil.rmtree(folder)
+                done.append(f"removed {folder.name} (its files do not match its row.json)")
+        if broken or adopted:
+            rows = [r for i, r in self._rows.items() if i not in broken] + _in_write_order(adopted)
+            self._write_manifest(rows)
+            for model_id in broken:
+                shutil.rmtree(self.models_dir / model_id, ignore_errors=True)
+            self._rows = {r["id"]: r for r in rows}
+            done += [f"removed {i} (files fail their sha256; it will be rebuilt)" for i in broken]
+            done += [f"listed {r['id']} again (its files match its row.json)" for r in adopted]
+        return done
+
+    @classmethod
+    def repair_manifest(cls, root: str | Path) -> dict:
+        """Rebuild an unreadable or lost manifest from the model folders (``labkit zoo repair ROOT``; takes the
+        zoo's lock). Keeps every readable row whose files exist with their recorded sizes, then adds every
+        unlisted folder whose ``row.json`` matches its files; the old manifest is kept beside it as
+        ``manifest.jsonl.damaged-<n>``. Deletes nothing. Returns ``{"kept", "recovered", "unrecoverable",
+        "bad_lines", "backup"}``."""
+        from filelock import FileLock
+
+        store = cls.__new__(cls)  # not ZooStore(root): that refuses the unreadable manifest we are here to mend
+        store._open(root)
+        with FileLock(str(store.root / ".lock"), timeout=3600):
+            manifest = _read_manifest(store.manifest_path)
+            kept = [r for r in manifest.rows.values() if not store._file_problems(r, full=False)]
+            listed = {r["id"] for r in kept}
+            recovered, unrecoverable = [], []
+            for folder in store._folders():
+                if folder.name in listed:
+                    continue
+                row = store._recorded_row(folder)
+                (recovered if row is not None else unrecoverable).append(row or folder.name)
+            backup = None
+            if manifest.bad or manifest.size > manifest.good_end or recovered or len(kept) < len(manifest.rows):
+                if store.manifest_path.is_file():
+                    n = 1
+                    while (backup := store.root / f"manifest.jsonl.damaged-{n}").exists():
+                        n += 1
+                    shutil.copy2(store.manifest_path, backup)
+                store._write_manifest(_in_write_order(kept + recovered))
+            store._reload()
+        return {"kept": len(kept), "recovered": [r["id"] for r in recovered], "unrecoverable": unrecoverable,
+                "bad_lines": [n for n, _ in manifest.bad], "backup": str(backup) if backup else None}
 
     # -- writing -----------------------------------------------------------------------------------------
 
     def _commit(self, model_id: str, tmp: Path, kind: str, main_file: str, row: dict) -> dict:
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        paths = sorted(p for p in tmp.iterdir() if p.is_file())
+        files = {p.name: sha256_file(p) for p in paths}
+        full = {"id": model_id, **row, "kind": kind, "sha256": files[main_file], "files": files,
+                "sizes": {p.name: p.stat().st_size for p in paths}, "seq": len(self._rows)}
+        line = _row_line(full)
+        _write_bytes(tmp / ROW_FILE, line.encode())  # the folder describes itself: repair can list it again
         final = self.models_dir / model_id
-        if final.exists():  # a folder whose manifest row never made it: not a finished model
+        if final.exists():  # an unlisted folder the repair could not check: this build rewrites that model
             shutil.rmtree(final)
         os.replace(tmp, final)
-        full = {"id": model_id, **row, "kind": kind, "sha256": files[main_file], "files": files}
-        line = json.dumps(full, sort_keys=True, default=str) + "\n"
         with open(self.manifest_path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
@@ -298,27 +564,10 @@ class ZooStore:
         return self.models_dir / model_id
 
     def verify(self, model_id: str) -> None:
-        """Check every file of a model against the sha256 in the manifest."""
-        row, folder = self.row(model_id), self.models_dir / model_id
-        for name, digest in row["files"].items():
-            path = folder / name
-            if not path.is_file():
-                raise CorruptFileError(f"{path} is missing; delete {folder} and rebuild the zoo "
-                                       f"(`labkit zoo build {self.info['recipe']} --profile {self.info['profile']}`)")
-            if sha256_file(path) != digest:
-                raise CorruptFileError(f"{path} does not match its sha256 in the manifest (changed or truncated); "
-                                       f"delete {folder} and rebuild the zoo (`labkit zoo build "
-                                       f"{self.info['recipe']} --profile {self.info['profile']}`)")
-
-    def verify_all(self) -> list[str]:
-        """Verify every model; return one line per problem (empty when the zoo is intact)."""
-        problems = []
-        for model_id in self._rows:
-            try:
-                self.verify(model_id)
-            except CorruptFileError as e:
-                problems.append(str(e))
-        return problems
+        """Check every file of a model against the sha256 in the manifest (``CorruptFileError`` if one fails)."""
+        problems = self._file_problems(self.row(model_id), full=True)
+        if problems:
+            raise CorruptFileError(problems[0])
 
     def load_model(self, model_id: str, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """``(state_dict, metadata)`` of a full model."""
