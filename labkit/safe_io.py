@@ -9,6 +9,7 @@ Every loader and command that opens a file it did not write goes through these f
     inside(root, relative)          # root / relative resolved; refused if it leaves root (``..``, absolute,
                                     # a symlink out of the dataset)
     printable(text)                 # control characters and undecodable bytes escaped (\\x1b, \\udcff)
+    utf8_path(path)                 # str(path) for libraries that take UTF-8 paths only (safetensors' safe_open)
 
 Errors are ``UnsafeInputError`` (a ``ValueError``) with one line saying what is wrong and what to do.
 """
@@ -19,7 +20,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["UnsafeInputError", "inside", "printable", "read_bytes", "regular_file"]
+__all__ = ["UnsafeInputError", "inside", "printable", "read_bytes", "regular_file", "utf8_path"]
 
 
 class UnsafeInputError(ValueError):
@@ -80,3 +81,15 @@ def inside(root: str | os.PathLike, relative: str | os.PathLike, what: str = "pa
         raise UnsafeInputError(f"{what} {printable(relative)!s} points outside {printable(base)} (to "
                                f"{printable(target)}); labkit reads only files inside the dataset folder")
     return target
+
+
+def utf8_path(path: str | os.PathLike) -> str:
+    """``str(path)`` if it is valid UTF-8 (safetensors' ``safe_open`` takes nothing else), else an
+    ``UnsafeInputError`` asking to rename the file: its name holds bytes that are not UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafeInputError(f"{printable(text)}: the file name is not valid UTF-8, which the safetensors library "
+                               "cannot open; rename the file (or its folder)") from None
+    return text

@@ -82,3 +82,42 @@ def test_refusals(tmp_path, capsys):
 def test_cli_json(capsys):
     assert main(["inspect", str(FIX / "lowra"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["format"].startswith("LoWRA Bench")
+
+
+def test_non_regular_files_are_refused_at_once(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)  # opening it would block forever
+    zero = tmp_path / "zero.pt"
+    zero.symlink_to("/dev/zero")  # reading it would never end
+    for path, kind in ((fifo, r"FIFO \(named pipe\)"), (zero, "character device")):
+        with pytest.raises(ValueError, match=f"is a {kind}, not a regular model file"):
+            inspect_path(path)
+
+
+def test_names_and_metadata_cannot_drive_the_terminal(tmp_path, capsys):
+    path = tmp_path / "evil.safetensors"
+    save_file({"w\x1b[2J\x1b]0;pwned\x07": torch.zeros(2)}, str(path), metadata={"note\x1b[31m": "red\x1b[0m\n"})
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "w\\x1b[2J\\x1b]0;pwned\\x07" in out
+    assert "note\\x1b[31m" in out and "red\\x1b[0m\\n" in out
+
+
+def test_inspecting_a_damaged_zoo_reports_and_changes_nothing(tmp_path, capsys):
+    store = ZooStore.open("toy", "smoke", {"n": 3}, home=tmp_path)
+    for i in range(3):
+        store.save_model(f"m{i}", {"w": torch.full((3, 2), float(i))})
+    store.mark_complete()
+    (store.models_dir / ".tmp-m3-1").mkdir()  # a build in progress
+    lines = store.manifest_path.read_text().splitlines(keepends=True)
+    store.manifest_path.write_text("".join(lines[:2]) + lines[2][:10])  # torn last line
+    before = {p: p.read_bytes() if p.is_file() else None for p in store.root.rglob("*")}
+    assert main(["inspect", str(store.root)]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM:" in out and "half-written" in out and "lists 2 of them (missing: m2)" in out
+    store.manifest_path.write_text(lines[0] + "{oops\n" + "".join(lines[1:]))  # a broken middle line
+    assert main(["inspect", str(store.root)]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.jsonl: line 2 is not valid JSON" in err and "Traceback" not in err and err.count("\n") == 1
+    assert sorted(p.name for p in store.models_dir.iterdir()) == [".tmp-m3-1", "m0", "m1", "m2"]
+    assert {p for p in store.root.rglob("*")} == set(before)

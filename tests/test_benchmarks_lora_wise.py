@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +12,7 @@ import torch
 
 from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
 from labkit.benchmarks.lora_wise import open_lora_wise
+from labkit.safe_io import UnsafeInputError
 
 FIX = Path(__file__).parent / "fixtures" / "lora_wise"
 LOW = FIX / "low" / "8" / "train-00000-of-00001.parquet"
@@ -68,4 +70,42 @@ def test_wrong_schema(tmp_path):
         open_lora_wise(tmp_path, "low_8")
     pq.write_table(t.set_column(0, "label", pa.array(["x"] * 6)), tmp_path / "low_8" / "train-0.parquet")
     with pytest.raises(BenchmarkFormatError, match="wrong column types"):
+        open_lora_wise(tmp_path, "low_8")
+
+
+# ------------------------------------------------------------------ crafted datasets (issue 13, item 6b)
+
+
+def test_card_pattern_outside_the_dataset_is_refused(tmp_path):
+    shutil.copytree(FIX / "low", tmp_path / "outside" / "low")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "README.md").write_text("---\nconfigs:\n- config_name: low_8\n  data_files:\n"
+                                               "  - split: train\n    path: ../outside/low/8/*.parquet\n---\n")
+    with pytest.raises(UnsafeInputError, match=r"README.md: data_files pattern '../outside/low/8/\*.parquet' leaves"):
+        open_lora_wise(tmp_path / "ds", "low_8")
+    (tmp_path / "ds" / "README.md").write_text("---\nconfigs:\n- config_name: low_8\n  data_files: "
+                                               f"{tmp_path}/outside/low/8/*.parquet\n---\n")
+    with pytest.raises(UnsafeInputError, match="leaves the dataset folder"):
+        open_lora_wise(tmp_path / "ds", "low_8")
+
+
+def test_card_that_is_not_a_mapping(tmp_path):
+    (tmp_path / "README.md").write_text("---\n- just\n- a list\n---\n")
+    with pytest.raises(BenchmarkFormatError, match="README.md: the YAML header is a list, not a mapping"):
+        open_lora_wise(tmp_path, "low_8")
+
+
+def test_empty_config_is_an_error(tmp_path):
+    (tmp_path / "low_8").mkdir()
+    pq.write_table(pq.read_table(LOW).slice(0, 0), tmp_path / "low_8" / "train-0.parquet")
+    with pytest.raises(BenchmarkFormatError, match=r"train-0.parquet: LoRA-WiSE config 'low_8' holds no rows"):
+        open_lora_wise(tmp_path, "low_8")
+
+
+def test_null_cells_name_the_shard_and_column(tmp_path):
+    (tmp_path / "low_8").mkdir()
+    t = pq.read_table(LOW)
+    t = t.set_column(0, "label", pa.array([1, None, 10, 1, 5, 10], pa.int64()))
+    pq.write_table(t, tmp_path / "low_8" / "train-0.parquet")
+    with pytest.raises(BenchmarkFormatError, match=r"train-0.parquet: column 'label' has empty \(null\) cells"):
         open_lora_wise(tmp_path, "low_8")

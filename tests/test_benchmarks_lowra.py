@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 
 from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
 from labkit.benchmarks.lowra import open_lowra
+from labkit.safe_io import UnsafeInputError
 
 FIX = Path(__file__).parent / "fixtures" / "lowra"
 SHARD = FIX / "vit" / "train-00000-of-00001.parquet"
@@ -115,3 +117,74 @@ def test_card_yaml_maps_the_subset_to_its_files(tmp_path):
     (tmp_path / "README.md").write_text("---\nconfigs:\n- config_name: custom\n  data_files:\n  - split: train\n"
                                         "    path: elsewhere/train-*\n---\n")
     assert open_lowra(tmp_path, "custom").n_layers == 2
+
+
+# ------------------------------------------------------------------ crafted datasets (issue 13, item 6b)
+
+
+@pytest.mark.parametrize("pattern", ["../outside/*.parquet", "/tmp/*.parquet", "vit/../../outside/*.parquet"])
+def test_card_patterns_cannot_leave_the_dataset(tmp_path, pattern):
+    shutil.copytree(FIX / "vit", tmp_path / "outside")  # real shards next to the dataset, not in it
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "README.md").write_text("---\nconfigs:\n- config_name: vit\n  data_files:\n  - split: train\n"
+                                               f"    path: {pattern}\n---\n")
+    with pytest.raises(UnsafeInputError, match=r"README.md: data_files pattern .* leaves the dataset folder"):
+        open_lowra(tmp_path / "ds", "vit")
+
+
+def test_symlinked_shard_outside_the_dataset_is_refused(tmp_path):
+    shutil.copytree(FIX / "vit", tmp_path / "outside")
+    (tmp_path / "ds" / "vit").mkdir(parents=True)
+    (tmp_path / "ds" / "vit" / SHARD.name).symlink_to(tmp_path / "outside" / SHARD.name)
+    with pytest.raises(UnsafeInputError, match="points outside"):
+        open_lowra(tmp_path / "ds", "vit")
+
+
+def test_hub_snapshot_links_to_blobs_are_fine(tmp_path):
+    snap = tmp_path / "datasets--Eliahu--LoWRA-Bench" / "snapshots" / "abc"
+    (snap / "vit").mkdir(parents=True)
+    (tmp_path / "datasets--Eliahu--LoWRA-Bench" / "blobs").mkdir()
+    blob = tmp_path / "datasets--Eliahu--LoWRA-Bench" / "blobs" / "f00"
+    shutil.copyfile(SHARD, blob)
+    (snap / "vit" / SHARD.name).symlink_to(Path("../../../blobs/f00"))
+    assert open_lowra(snap, "vit").n_layers == 2
+
+
+@pytest.mark.parametrize("column", ["lora_3_rank", "lora_3_alpha"])
+def test_null_rank_or_alpha_names_file_layer_and_column(tmp_path, column):
+    (tmp_path / "vit").mkdir()
+    t = pq.read_table(SHARD)
+    t = t.set_column(t.schema.get_field_index(column), column, pa.array([16, None], pa.int64()))
+    pq.write_table(t, tmp_path / "vit" / SHARD.name, row_group_size=1)
+    sub = open_lowra(tmp_path, "vit")
+    match = rf"{SHARD.name}: layer 1, column {column} is None, not a number"
+    with pytest.raises(BenchmarkFormatError, match=match):
+        list(sub.iter_layers(lora_ids=[3]))
+    with pytest.raises(BenchmarkFormatError, match=match):
+        sub.layer_info(1)
+    assert next(iter(sub.iter_layers(lora_ids=[3]))).index == 0  # layer 0 is intact
+
+
+def test_zero_rank_is_refused(tmp_path):
+    (tmp_path / "vit").mkdir()
+    t = pq.read_table(SHARD)
+    t = t.set_column(t.schema.get_field_index("lora_0_rank"), "lora_0_rank", pa.array([0, 16], pa.int64()))
+    pq.write_table(t, tmp_path / "vit" / SHARD.name)
+    with pytest.raises(BenchmarkFormatError, match="layer 0, column lora_0_rank is 0, not a positive integer"):
+        next(open_lowra(tmp_path, "vit").iter_layers())
+
+
+def test_empty_subset_is_an_error(tmp_path):
+    (tmp_path / "vit").mkdir()
+    pq.write_table(pq.read_table(SHARD).slice(0, 0), tmp_path / "vit" / SHARD.name)
+    with pytest.raises(BenchmarkFormatError, match="holds no layers .*the download is incomplete"):
+        open_lowra(tmp_path, "vit")
+
+
+@pytest.mark.timeout(60)
+def test_fifo_shard_is_refused(tmp_path):
+    (tmp_path / "vit").mkdir()
+    os.mkfifo(tmp_path / "vit" / "train-00000-of-00001.parquet")
+    shutil.copyfile(SHARD, tmp_path / "vit" / "train-00001-of-00001.parquet")
+    with pytest.raises(UnsafeInputError, match="FIFO"):
+        open_lowra(tmp_path, "vit")

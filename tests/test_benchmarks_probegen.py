@@ -20,6 +20,7 @@ from labkit.benchmarks.probegen_zoos import (
     load_wild_park,
     stack_params,
 )
+from labkit.safe_io import UnsafeInputError
 
 FIX = Path(__file__).parent / "fixtures" / "probegen"
 GS = FIX / "small-zoo-cifar10"
@@ -105,3 +106,86 @@ def test_wild_park_checkpoint_extras():
 
     info = inspect_path(FIX / "cnn_wild/cifar10_zooV2/run_0/checkpoint_000000/checkpoint.pt")
     assert any(t["name"] == "model.fc.weight" and t["shape"] == [10, 8] for t in info["tensors"])
+
+
+# ------------------------------------------------------------------ crafted datasets (issue 13, item 6b)
+
+
+@pytest.mark.parametrize("rel", ["/etc/passwd", "../../outside.pth", "fmnist_inrs/../../outside.pth"])
+def test_split_paths_cannot_leave_the_dataset(tmp_path, rel):
+    shutil.copytree(FIX / "fmnist_inrs", tmp_path / "ds" / "fmnist_inrs")
+    shutil.copyfile(FIX / "fmnist_inrs/train/model_1.pth", tmp_path / "outside.pth")
+    (tmp_path / "s.json").write_text(json.dumps({"train": {"path": [rel], "label": [1]},
+                                                 "test": {"path": [rel], "score": [0.5], "step": [1]}}))
+    with pytest.raises(UnsafeInputError, match=r"s.json: path .* points outside"):
+        load_inr_zoo(tmp_path / "ds", tmp_path / "s.json", "train")
+    with pytest.raises(UnsafeInputError, match=r"s.json: path .* points outside"):
+        load_wild_park(tmp_path / "ds", tmp_path / "s.json", "test")
+
+
+def test_split_json_bad_values_name_the_file(tmp_path):
+    (tmp_path / "s.json").write_text(json.dumps({"train": {"path": ["fmnist_inrs/train/model_1.pth"],
+                                                           "label": ["six"]}}))
+    with pytest.raises(BenchmarkFormatError, match=r"s.json: label value 'six' is not an integer"):
+        load_inr_zoo(FIX, tmp_path / "s.json", "train")
+    (tmp_path / "s.json").write_text(json.dumps({"train": {"path": "fmnist_inrs", "label": [1]}}))
+    with pytest.raises(BenchmarkFormatError, match=r"s.json: the train fields .* must be lists"):
+        load_inr_zoo(FIX, tmp_path / "s.json", "train")
+    (tmp_path / "s.json").write_text("[" * 100_000)
+    with pytest.raises(BenchmarkFormatError, match=r"s.json: not valid JSON"):
+        load_inr_zoo(FIX, tmp_path / "s.json", "train")
+
+
+def test_cifar10_gs_split_index_out_of_range_names_file_and_index(tmp_path):
+    (tmp_path / "split.csv").write_text("0\n3\n99\n")
+    with pytest.raises(BenchmarkFormatError, match=r"split.csv: entry 3 is row index 99, outside 0..11"):
+        load_cifar10_gs(GS, tmp_path / "split.csv", "test")
+    (tmp_path / "split.csv").write_text("0\nseven\n")
+    with pytest.raises(BenchmarkFormatError, match=r"split.csv: entry 2 \('seven'\) is not a row index"):
+        load_cifar10_gs(GS, tmp_path / "split.csv", "test")
+    with pytest.raises(BenchmarkFormatError, match="split row index 12 is outside 0..11"):
+        cifar10_gs_splits(np.full(12, 86), np.array([0, 12]))
+
+
+def _gs_copy(tmp_path):
+    shutil.copytree(GS, tmp_path / "gs")
+    return tmp_path / "gs"
+
+
+def test_cifar10_gs_layout_shape_is_not_evaluated(tmp_path):
+    gs = _gs_copy(tmp_path)
+    text = (gs / "layout.csv").read_text().replace('"(3, 3, 1, 16)"', '"' + "-" * 100_000 + '1"')
+    (gs / "layout.csv").write_text(text)
+    with pytest.raises(BenchmarkFormatError, match=r"gs/layout.csv: line 2 \(sequential/conv2d/kernel:0\) spans"):
+        load_cifar10_gs(gs, split=None)
+    (gs / "layout.csv").write_text(text.replace("-" * 100_000 + "1", "(3, 3, 1, 16)").replace(",0,144,", ",x,144,"))
+    with pytest.raises(BenchmarkFormatError, match="gs/layout.csv: line 2, column start_idx: 'x' is not a number"):
+        load_cifar10_gs(gs, split=None)
+
+
+def test_cifar10_gs_metrics_errors_name_the_file(tmp_path, monkeypatch):
+    import gzip
+
+    from labkit.benchmarks import probegen_zoos
+
+    gs = _gs_copy(tmp_path)
+    lines = gzip.decompress((gs / "metrics.csv.gz").read_bytes()).decode().splitlines()
+    lines[4] = "86,abc,0.3,relu"
+    (gs / "metrics.csv.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+    with pytest.raises(BenchmarkFormatError, match=r"gs/metrics.csv.gz: line 5, column test_accuracy: 'abc'"):
+        load_cifar10_gs(gs, split=None)
+    monkeypatch.setattr(probegen_zoos, "MAX_CSV_BYTES", 5000)  # a gzip bomb, scaled down
+    (gs / "metrics.csv.gz").write_bytes(gzip.compress(b"step,test_accuracy\n" + b"86,0.5\n" * 10_000))
+    with pytest.raises(BenchmarkFormatError, match=r"gs/metrics.csv.gz: decompresses to more than 5,000 bytes"):
+        load_cifar10_gs(gs, split=None)
+
+
+def test_wild_park_model_that_is_not_a_state_dict(tmp_path):
+    torch.save({"model": ["not", "tensors"], "config": {}}, tmp_path / "c.pt")
+    (tmp_path / "s.json").write_text(json.dumps({"test": {"path": ["c.pt"], "score": [0.5], "step": [1]}}))
+    with pytest.raises(BenchmarkFormatError, match=r"c.pt: not a Wild Park checkpoint"):
+        load_wild_park(tmp_path, tmp_path / "s.json", "test")
+    torch.save({"model": {"w": torch.ones(1)}, "config": {}}, tmp_path / "c.pt")
+    (tmp_path / "s.json").write_text(json.dumps({"test": {"path": ["c.pt"], "score": ["high"], "step": [1]}}))
+    with pytest.raises(BenchmarkFormatError, match=r"s.json: score value 'high' is not a number"):
+        load_wild_park(tmp_path, tmp_path / "s.json", "test")

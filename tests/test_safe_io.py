@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from labkit.safe_io import UnsafeInputError, inside, printable, read_bytes, regular_file
+from labkit.safe_io import UnsafeInputError, inside, printable, read_bytes, regular_file, utf8_path
 
 
 def test_regular_file_refuses_fifo_device_folder_and_missing(tmp_path):
@@ -52,3 +52,9 @@ def test_printable_escapes_terminal_sequences_and_bad_bytes():
     assert printable("\x1b[2Jevil\nline") == "\\x1b[2Jevil\\nline"
     assert printable(os.fsdecode(b"caf\xff.safetensors")) == "caf\\udcff.safetensors"
     assert printable("héllo ✓") == "héllo ✓"
+
+
+def test_utf8_path_names_a_file_the_safetensors_library_cannot_open():
+    assert utf8_path("/data/modèle.safetensors") == "/data/modèle.safetensors"
+    with pytest.raises(UnsafeInputError, match=r"m\\udcff.safetensors: the file name is not valid UTF-8"):
+        utf8_path(os.fsdecode(b"/data/m\xff.safetensors"))

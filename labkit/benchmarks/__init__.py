@@ -7,7 +7,7 @@
 | ``model_j`` | Model-J (ProbeX) | ``open_model_j(root, subset)`` |
 | ``vthr`` | VTHR tree pickles (MoTHer) | ``load_vthr_graph(path)`` |
 | ``probegen_zoos`` | INR zoos, CIFAR10-GS, CNN Wild Park (ProbeGen) | ``load_inr_zoo``, ``load_cifar10_gs``, ``load_wild_park`` |
-| ``safe_pickle`` | allow-listed unpickling (no code runs) | ``restricted_load(file, allowed)`` |
+| ``safe_pickle`` | allow-listed, bounded unpickling (no code runs) | ``restricted_load(file, allowed)`` |
 | ``inspect`` | what a model file or folder holds (``labkit inspect PATH``) | ``inspect_path(path)`` |
 
 Every loader raises ``BenchmarkMissingError`` (a ``FileNotFoundError``) when the data is not on disk, naming the
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from labkit.safe_io import printable
 
 __all__ = ["BenchmarkFormatError", "BenchmarkMissingError", "data_root", "require"]
 
@@ -60,5 +62,5 @@ def require(path: str | Path, what: str, download: str | None) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         how = f"fetch it with `python data_scripts/{download}`" if download else "see data_scripts/README.md"
-        raise BenchmarkMissingError(f"{what} not found at {path}; {how}")
+        raise BenchmarkMissingError(f"{what} not found at {printable(path)}; {how}")
     return path

@@ -5,7 +5,7 @@ folder layout, open them with pyarrow, and turn list cells into tensors."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
@@ -14,60 +14,115 @@ import pyarrow.parquet as pq
 import torch
 
 from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
+from labkit.safe_io import UnsafeInputError, inside, printable, read_bytes, regular_file
 
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)
+MAX_CARD_BYTES = 10_000_000  # a dataset card (the real ones are a few kB)
+MAX_PATTERNS = 10_000
 
 
-def card_patterns(root: Path, config: str) -> list[str] | None:
-    """The ``train`` data-file globs the README's YAML gives for ``config`` (None: no card or no such entry)."""
-    card = root / "README.md"
-    if not card.is_file():
-        return None
-    m = _FRONT.match(card.read_text(encoding="utf-8", errors="replace"))
+def _card_yaml(card: Path) -> dict:
+    """The YAML front matter of a dataset card as a dict ({} without one); one-line errors naming the card."""
+    text = read_bytes(card, MAX_CARD_BYTES, "dataset card").decode("utf-8", errors="replace")
+    m = _FRONT.match(text)
     if not m:
-        return None
+        return {}
     import yaml
 
     try:
         meta = yaml.safe_load(m.group(1)) or {}
-    except yaml.YAMLError as e:
-        raise BenchmarkFormatError(f"{card}: the YAML header does not parse ({e}); fix or delete the README") \
-            from None
-    for entry in meta.get("configs") or []:
+    except (yaml.YAMLError, RecursionError) as e:
+        why = printable(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise BenchmarkFormatError(f"{printable(card)}: the YAML header does not parse ({why}); fix or delete the "
+                                   "README") from None
+    if not isinstance(meta, dict):
+        raise BenchmarkFormatError(f"{printable(card)}: the YAML header is a {type(meta).__name__}, not a mapping; "
+                                   "fix or delete the README")
+    return meta
+
+
+def _train_patterns(files: object) -> list:
+    """The ``train`` globs of one config's ``data_files`` (a string, a list of strings or of split entries)."""
+    if isinstance(files, str):
+        return [files]
+    out: list = []
+    for f in files if isinstance(files, list) else []:
+        if isinstance(f, dict) and f.get("split", "train") == "train":
+            path = f.get("path")
+            out.extend([path] if isinstance(path, str) else path if isinstance(path, list) else [])
+        elif isinstance(f, str):
+            out.append(f)
+    return out
+
+
+def _check_pattern(card: Path, pattern: object) -> str:
+    """``pattern`` if it is a relative glob that stays inside the dataset folder (no ``..``, not absolute)."""
+    parts = PurePosixPath(pattern).parts if isinstance(pattern, str) and pattern else None
+    if parts is None or PurePosixPath(pattern).is_absolute() or ".." in parts or "\\" in pattern:
+        raise UnsafeInputError(f"{printable(card)}: data_files pattern {printable(pattern)[:120]!r} leaves the "
+                               "dataset folder (absolute or with '..'); labkit reads only files inside it — fix or "
+                               "delete the README")
+    return pattern
+
+
+def card_patterns(root: Path, config: str) -> list[str] | None:
+    """The ``train`` data-file globs the README's YAML gives for ``config`` (None: no card or no such entry);
+    every glob must be relative and free of ``..`` (else ``UnsafeInputError``)."""
+    card = root / "README.md"
+    if not card.exists():
+        return None
+    configs = _card_yaml(card).get("configs")
+    for entry in configs if isinstance(configs, list) else []:
         if isinstance(entry, dict) and entry.get("config_name") == config:
-            files = entry.get("data_files")
-            if isinstance(files, str):
-                return [files]
-            out = []
-            for f in files or []:
-                if isinstance(f, dict) and f.get("split", "train") == "train":
-                    out.extend([f["path"]] if isinstance(f.get("path"), str) else f.get("path") or [])
-                elif isinstance(f, str):
-                    out.append(f)
-            return out
+            patterns = _train_patterns(entry.get("data_files"))
+            if len(patterns) > MAX_PATTERNS:
+                raise BenchmarkFormatError(f"{printable(card)}: {len(patterns):,} data_files patterns for {config!r}; "
+                                           "fix or delete the README")
+            return [_check_pattern(card, p) for p in patterns]
     return None
 
 
+def _boundary(root: Path) -> Path:
+    """The folder shards must stay inside: ``root``, or for a hub-cache snapshot (``…/snapshots/<hash>``,
+    whose files link to ``../../blobs``) the repo folder above it."""
+    root = root.resolve()
+    return root.parents[1] if root.parent.name == "snapshots" and len(root.parents) > 1 else root
+
+
+def _globbed(root: Path, pattern: str) -> list[Path]:
+    """Sorted parquet files matching ``pattern`` under ``root``, each checked to resolve inside the dataset."""
+    boundary = _boundary(root)
+    files = sorted(p for p in root.glob(pattern) if p.suffix in ("", ".parquet") and not p.is_dir())
+    for p in files:
+        regular_file(p, "parquet file")  # a FIFO, device or symlink loop among the shards is refused, not skipped
+        inside(boundary, p.resolve(), f"parquet shard {printable(p)}")
+    return files
+
+
 def shard_files(root: str | Path, config: str, fallbacks: list[str], what: str, download: str) -> list[Path]:
-    """Sorted parquet shards of ``config`` under ``root``: the card's globs first, then ``fallbacks``."""
+    """Sorted parquet shards of ``config`` under ``root``: the card's globs first, then ``fallbacks``. Every
+    shard must resolve inside the dataset folder (``UnsafeInputError`` otherwise)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise BenchmarkMissingError(f"{what} folder {root} not found; fetch it with `python data_scripts/{download}`")
+        raise BenchmarkMissingError(f"{what} folder {printable(root)} not found; fetch it with "
+                                    f"`python data_scripts/{download}`")
     patterns = card_patterns(root, config) or fallbacks
     for pattern in patterns:
-        files = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix in ("", ".parquet"))
+        files = _globbed(root, pattern)
         if files:
             return files
-    raise BenchmarkMissingError(f"no parquet shards for {what} config {config!r} under {root} (looked for "
-                                f"{', '.join(patterns)}); fetch it with `python data_scripts/{download}`")
+    raise BenchmarkMissingError(f"no parquet shards for {what} config {config!r} under {printable(root)} (looked "
+                                f"for {', '.join(patterns)}); fetch it with `python data_scripts/{download}`")
 
 
 def open_parquet(path: Path) -> pq.ParquetFile:
-    """``pq.ParquetFile`` with a clear error for a truncated or non-parquet file."""
+    """``pq.ParquetFile`` of a regular file (FIFOs, devices refused) with a clear error for a truncated or
+    non-parquet file."""
+    path = regular_file(path, "parquet file")
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
-        raise BenchmarkFormatError(f"{path} is not a readable parquet file ({str(e).splitlines()[0]}); it is "
+        raise BenchmarkFormatError(f"{printable(path)} is not a readable parquet file ({str(e).splitlines()[0]}); it is "
                                    "truncated or corrupt: delete it and download it again") from None
 
 

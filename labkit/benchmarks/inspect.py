@@ -13,12 +13,11 @@ Recognises every format the kit reads, always through the safe loaders (no pickl
 Anything else, or a pickle that refers to code outside the allow-list, is refused with a one-line reason.
 
 Public API: ``inspect_path(path) -> dict`` (keys ``path``, ``format``, ``tensors`` [{name, dtype, shape}],
-``metadata``, ``lora_ranks`` {module: rank}, ``notes`` [str]) and ``format_report(info, limit=40) -> str``.
+``metadata``, ``lora_ranks`` {module: rank}, ``notes`` [str], ``problems`` [str]) and ``format_report(info, limit=40) -> str``.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 from pathlib import Path
@@ -26,14 +25,28 @@ from pathlib import Path
 import torch
 
 from labkit.benchmarks import BenchmarkFormatError
+from labkit.safe_io import printable, read_bytes, regular_file
 
 __all__ = ["format_report", "inspect_path"]
 
 _LORA_PAIRS = ((".lora.down.weight", ".lora.up.weight"), (".lora_A.weight", ".lora_B.weight"))
 
 
+_MAX_JSON = 64 << 20  # a JSON file labkit inspects (configs, split files): 64 MiB is far above any real one
+
+
 def _info(path: Path, fmt: str, **kw) -> dict:
-    return {"path": str(path), "format": fmt, "tensors": [], "metadata": {}, "lora_ranks": {}, "notes": [], **kw}
+    return {"path": str(path), "format": fmt, "tensors": [], "metadata": {}, "lora_ranks": {}, "notes": [],
+            "problems": [], **kw}
+
+
+def _json(path: Path, what: str):
+    """A JSON file's content, bounded in size; one-line ``BenchmarkFormatError`` naming the file otherwise."""
+    data = read_bytes(path, _MAX_JSON, what)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise BenchmarkFormatError(f"{printable(path)}: not valid JSON ({printable(e)[:100]})") from None
 
 
 def _lora_ranks(tensors: list[dict]) -> dict[str, int]:
@@ -47,7 +60,7 @@ def _lora_ranks(tensors: list[dict]) -> dict[str, int]:
 
 
 def _safetensors(path: Path) -> dict:
-    from labkit.benchmarks.model_j import read_header
+    from labkit.benchmarks.model_j import parse_chosen_targets, read_header
 
     header, meta = read_header(path)
     info = _info(path, "safetensors")
@@ -55,10 +68,10 @@ def _safetensors(path: Path) -> dict:
     for k, v in meta.items():
         if k == "dataset_chosen_targets":
             try:
-                v = ast.literal_eval(v)
+                v = list(parse_chosen_targets(v, str(path)))
                 info["notes"].append(f"Model-J discriminative model: {len(v)} training classes")
-            except (ValueError, SyntaxError):
-                info["notes"].append("dataset_chosen_targets does not parse as a list")
+            except BenchmarkFormatError:
+                info["notes"].append("dataset_chosen_targets is not the repr of a list of class names")
         elif k == "imagenet_class_id":
             info["notes"].append(f"Model-J SD LoRA trained on ImageNet class {v}")
         info["metadata"][k] = v
@@ -93,12 +106,17 @@ def _pickled(path: Path) -> dict:
         info["notes"] += [f"{len(g.nodes)} nodes, {len(g.edges)} edges, {sum(n['parent'] is None for n in g.nodes)} "
                           "trees", *(f"{a} → {b}" for a, b in g.edges[:10])]
         return info
-    info = _info(path, "torch checkpoint (zip)" if path.read_bytes()[:2] == b"PK" else "pickle")
+    with open(path, "rb") as f:
+        is_zip = f.read(2) == b"PK"
+    info = _info(path, "torch checkpoint (zip)" if is_zip else "pickle")
     info["tensors"] = _tensor_rows(obj)
     if isinstance(obj, dict):
         info["notes"].append(f"top-level keys: {list(obj)[:12]}")
         if "config" in obj:
-            info["metadata"]["config"] = to_plain(obj["config"])
+            try:
+                info["metadata"]["config"] = to_plain(obj["config"])
+            except BenchmarkFormatError as e:
+                raise BenchmarkFormatError(f"{printable(path)}: {e}") from None
         if "label" in obj and isinstance(obj["label"], int):
             info["metadata"]["label"] = obj["label"]
     return info
@@ -132,23 +150,28 @@ def _parquet(path: Path) -> dict:
 
 
 def _folder(path: Path) -> dict:
-    if (path / "zoo.json").is_file() and (path / "manifest.jsonl").is_file():
+    if (path / "zoo.json").is_file():
         from labkit.zoo.store import ZooStore
 
-        store = ZooStore(path)
-        zoo = json.loads((path / "zoo.json").read_text())
-        info = _info(path, "labkit zoo", metadata={k: zoo.get(k) for k in ("recipe", "profile") if k in zoo})
+        store = ZooStore(path)  # reads only: a damaged zoo is reported, never repaired here
+        info = _info(path, "labkit zoo", metadata={k: store.info.get(k) for k in ("recipe", "profile")
+                                                   if k in store.info})
         rows = store.rows()
         kinds = sorted({r.get("kind", "model") for r in rows})
         info["notes"].append(f"{len(rows)} models ({', '.join(kinds)}); complete: {store.complete}")
-        if rows:
-            first = inspect_path(store.path(rows[0]["id"]))
-            info["notes"] += [f"manifest columns: {sorted(rows[0])}", f"first model {rows[0]['id']}: {first['format']}"]
+        info["problems"] = store.problems(full=False)
+        shown = next((r for r in rows if store.path(r["id"]).is_dir()), None)
+        if shown is not None:
+            first = inspect_path(store.path(shown["id"]))
+            info["notes"] += [f"manifest columns: {sorted(shown)}", f"first model {shown['id']}: {first['format']}"]
             info["tensors"], info["lora_ranks"] = first["tensors"], first["lora_ranks"]
-            info["metadata"].update({f"{rows[0]['id']} {k}": v for k, v in first["metadata"].items()})
+            info["metadata"].update({f"{shown['id']} {k}": v for k, v in first["metadata"].items()})
         return info
     if (path / "adapter_config.json").is_file():
-        cfg = json.loads((path / "adapter_config.json").read_text())
+        cfg = _json(path / "adapter_config.json", "adapter_config.json")
+        if not isinstance(cfg, dict):
+            raise BenchmarkFormatError(f"{printable(path / 'adapter_config.json')}: must be a JSON object, got a "
+                                       f"{type(cfg).__name__}")
         weights = path / "adapter_model.safetensors"
         info = _safetensors(weights) if weights.is_file() else _info(path, "")
         info.update(path=str(path), format="peft adapter folder")
@@ -179,17 +202,18 @@ def _folder(path: Path) -> dict:
         info["notes"].insert(0, f"{len(shards)} parquet shards; showing {shards[0].relative_to(path)}")
         info["path"] = str(path)
         return info
-    raise BenchmarkFormatError(f"{path}: a folder with no model files labkit knows (safetensors, peft adapter, zoo, "
-                               "parquet shards, Model-J splits)")
+    raise BenchmarkFormatError(f"{printable(path)}: a folder with no model files labkit knows (safetensors, peft "
+                               "adapter, zoo, parquet shards, Model-J splits)")
 
 
 def inspect_path(path: str | Path) -> dict:
-    """Describe the model file or folder at ``path`` (see the module docstring); refuses unknown/unsafe files."""
+    """Describe the model file or folder at ``path`` (see the module docstring); refuses unknown/unsafe files,
+    and anything that is not a regular file or folder (a FIFO would block, a link to /dev/zero never ends).
+    Reads only: nothing is created, changed or deleted. ``problems`` lists what is broken (a damaged zoo)."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
     if path.is_dir():
         return _folder(path)
+    regular_file(path, "model file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return _safetensors(path)
@@ -203,27 +227,27 @@ def inspect_path(path: str | Path) -> dict:
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as e:
-            raise BenchmarkFormatError(f"{path}: refusing to read it ({e}); object arrays need pickle") from None
+            raise BenchmarkFormatError(f"{printable(path)}: refusing to read it ({printable(e)}); object arrays "
+                                       "need pickle") from None
         return _info(path, "numpy array", tensors=[{"name": path.stem, "dtype": str(arr.dtype), "shape": list(arr.shape)}])
     if suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise BenchmarkFormatError(f"{path}: not valid JSON ({e})") from None
+        data = _json(path, "JSON file")
         info = _info(path, "json")
         info["notes"].append(f"top-level keys: {list(data)[:12]}" if isinstance(data, dict) else type(data).__name__)
         return info
-    raise BenchmarkFormatError(f"{path}: unknown file type {suffix or '(none)'}; labkit inspects .safetensors, "
+    raise BenchmarkFormatError(f"{printable(path)}: unknown file type {printable(suffix) or '(none)'}; labkit inspects .safetensors, "
                                ".parquet, torch checkpoints, pickles (allow-listed), .npy, .json and model folders")
 
 
 def format_report(info: dict, limit: int | None = 40) -> str:
-    """A human-readable report of ``inspect_path``'s dict; at most ``limit`` tensor lines (None: all)."""
-    lines = [f"{info['path']}", f"  format: {info['format']}"]
-    lines += [f"  {n}" for n in info["notes"]]
+    """A human-readable report of ``inspect_path``'s dict; at most ``limit`` tensor lines (None: all). Every name
+    and value from the file is escaped (``printable``): a tensor name cannot send escape codes to the terminal."""
+    lines = [printable(info["path"]), f"  format: {info['format']}"]
+    lines += [f"  {printable(n)}" for n in info["notes"]]
+    lines += [f"  PROBLEM: {printable(p)}" for p in info.get("problems", [])]
     for k, v in info["metadata"].items():
-        text = repr(v)
-        lines.append(f"  metadata {k}: {text if len(text) <= 200 else text[:197] + '...'}")
+        text = printable(repr(v))
+        lines.append(f"  metadata {printable(k)}: {text if len(text) <= 200 else text[:197] + '...'}")
     if info["lora_ranks"]:
         ranks = sorted(set(info["lora_ranks"].values()))
         lines.append(f"  LoRA: {len(info['lora_ranks'])} adapted modules, rank {ranks[0] if len(ranks) == 1 else ranks}")
@@ -231,7 +255,8 @@ def format_report(info: dict, limit: int | None = 40) -> str:
     if tensors:
         total = sum(math.prod(t["shape"]) for t in tensors)
         lines.append(f"  {len(tensors)} tensors, {total:,} values")
-        shown = tensors if limit is None else tensors[:limit]
+        shown = [{**t, "name": printable(t["name"]), "dtype": printable(t["dtype"])}
+                 for t in (tensors if limit is None else tensors[:limit])]
         width = max(len(t["name"]) for t in shown)
         lines += [f"    {t['name']:<{width}}  {t['dtype']:<10} {list(t['shape'])}" for t in shown]
         if len(shown) < len(tensors):

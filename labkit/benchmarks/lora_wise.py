@@ -40,6 +40,7 @@ from labkit.benchmarks._parquet import (
     shard_files,
     vector_cells,
 )
+from labkit.safe_io import printable
 
 __all__ = ["CONFIGS", "DOWN", "UP", "LoraWiseConfig", "open_lora_wise"]
 
@@ -60,23 +61,26 @@ class LoraWiseConfig:
         downs = [c[: -len(DOWN)] for c in schema.names if c.endswith(DOWN)]
         ups = {c[: -len(UP)] for c in schema.names if c.endswith(UP)}
         if missing or not downs:
-            raise BenchmarkFormatError(f"{files[0]}: not a LoRA-WiSE shard (missing {missing or ['*' + DOWN]}); "
+            raise BenchmarkFormatError(f"{printable(files[0])}: not a LoRA-WiSE shard (missing {missing or ['*' + DOWN]}); "
                                        "expected label, name and <module>.lora.down/up.weight columns")
         unpaired = sorted(set(downs) ^ ups)
         if unpaired:
-            raise BenchmarkFormatError(f"{files[0]}: LoRA matrices without their pair: {unpaired[:3]}; every "
+            raise BenchmarkFormatError(f"{printable(files[0])}: LoRA matrices without their pair: {unpaired[:3]}; every "
                                        f"<module>{DOWN} needs a <module>{UP} column")
         bad = [c for c in schema.names if c.endswith((DOWN, UP))
                and not (is_float_list(schema.field(c).type, 1) or is_float_list(schema.field(c).type, 2))]
         if bad or not pa.types.is_integer(schema.field("label").type):
-            raise BenchmarkFormatError(f"{files[0]}: wrong column types ({bad[:2] or 'label'}); matrices must be "
+            raise BenchmarkFormatError(f"{printable(files[0])}: wrong column types ({bad[:2] or 'label'}); matrices must be "
                                        "list<float64> (flat) or list<list<float64>>, label an integer")
         for f, pf in zip(files[1:], self._pf[1:]):
             if pf.schema_arrow.names != schema.names:
-                raise BenchmarkFormatError(f"{f}: its columns differ from {files[0].name}'s; re-download the config")
+                raise BenchmarkFormatError(f"{printable(f)}: its columns differ from {files[0].name}'s; re-download the config")
         self.keys: list[str] = downs
         self._schema = schema
         table = self._read(["label", "name"])
+        if not table.num_rows:
+            raise BenchmarkFormatError(f"{printable(files[0])}: LoRA-WiSE config {config!r} holds no rows (0 rows in "
+                                       f"{len(files)} shard(s)); the download is incomplete — run it again")
         self.sizes = torch.tensor(table.column("label").to_pylist(), dtype=torch.int64)
         self.names: list = table.column("name").to_pylist()
 
@@ -87,13 +91,20 @@ class LoraWiseConfig:
         return f"LoraWiseConfig({self.config!r}, rank {self.rank}, {len(self)} models, {len(self.keys)} layers)"
 
     def _read(self, columns: list[str]) -> pa.Table:
+        """``columns`` of every shard, concatenated; a null cell is an error naming its shard and column."""
         tables = []
         for f, pf in zip(self.files, self._pf):
             try:
-                tables.append(pf.read(columns=columns))
+                t = pf.read(columns=columns)
             except (pa.ArrowInvalid, OSError) as e:
-                raise BenchmarkFormatError(f"{f}: cannot read columns {columns} ({str(e).splitlines()[0]}); the "
-                                           "shard is truncated or corrupt — download it again") from None
+                raise BenchmarkFormatError(f"{printable(f)}: cannot read columns {columns} "
+                                           f"({str(e).splitlines()[0]}); the shard is truncated or corrupt — "
+                                           "download it again") from None
+            nulls = [c for c in columns if t.column(c).null_count]
+            if nulls:
+                raise BenchmarkFormatError(f"{printable(f)}: column {nulls[0]!r} has empty (null) cells; the shard "
+                                           "is incomplete — download it again")
+            tables.append(t)
         return pa.concat_tables(tables)
 
     def _matrix(self, column: pa.ChunkedArray, name: str, down: bool) -> torch.Tensor:

@@ -26,6 +26,7 @@ layer with different ranks are zero-padded to the largest rank in ``A``/``B`` (`
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import torch
 
 from labkit.benchmarks import BenchmarkFormatError
 from labkit.benchmarks._parquet import is_float_list, matrix_cells, open_parquet, shard_files
+from labkit.safe_io import printable
 
 __all__ = ["SUBSETS", "LowraLayer", "LowraSubset", "open_lowra"]
 
@@ -77,7 +79,7 @@ class LowraSubset:
         self._check_schema(schema, files[0])
         for f, pf in zip(files[1:], self._pf[1:]):
             if pf.schema_arrow.names != schema.names:
-                raise BenchmarkFormatError(f"{f}: its columns differ from {files[0].name}'s; the shards are from "
+                raise BenchmarkFormatError(f"{printable(f)}: its columns differ from {printable(files[0].name)}'s; the shards are from "
                                            "different versions — download the subset again")
         # global row index → (file, row group, row within the group)
         self._groups = []
@@ -88,6 +90,9 @@ class LowraSubset:
                 self._groups.append((start, start + n, fi, g))
                 start += n
         self.n_layers = start
+        if not start:
+            raise BenchmarkFormatError(f"{printable(files[0])}: LoWRA Bench subset {subset!r} holds no layers (0 rows "
+                                       f"in {len(files)} shard(s)); the download is incomplete — run it again")
 
     def _check_schema(self, schema: pa.Schema, path: Path) -> None:
         missing = [c for c in _BASE if c not in schema.names]
@@ -95,14 +100,14 @@ class LowraSubset:
             missing.append("lora_{k}_A_weight")
         missing += [f"lora_{k}_{p}" for k in self.lora_ids for p in _PER_LORA if f"lora_{k}_{p}" not in schema.names]
         if missing:
-            raise BenchmarkFormatError(f"{path}: not a LoWRA Bench shard, missing columns {missing[:5]}; expected "
+            raise BenchmarkFormatError(f"{printable(path)}: not a LoWRA Bench shard, missing columns {missing[:5]}; expected "
                                        "the 80-column layout (spectral_detuning.md §3)")
         weights = ["pre_ft_weight"] + [f"lora_{k}_{w}_weight" for k in self.lora_ids for w in "AB"]
         bad = [c for c in weights if not is_float_list(schema.field(c).type, 2)]
         bad += [c for k in self.lora_ids for c in (f"lora_{k}_rank", f"lora_{k}_alpha")
                 if not pa.types.is_integer(schema.field(c).type) and not pa.types.is_floating(schema.field(c).type)]
         if bad:
-            raise BenchmarkFormatError(f"{path}: wrong column types {[(c, str(schema.field(c).type)) for c in bad[:3]]}; "
+            raise BenchmarkFormatError(f"{printable(path)}: wrong column types {[(c, str(schema.field(c).type)) for c in bad[:3]]}; "
                                        "weights must be list<list<float32>> (list of rows), rank/alpha integers")
 
     def __repr__(self) -> str:
@@ -115,8 +120,8 @@ class LowraSubset:
             raise ValueError(f"LoRA ids {unknown or ids} not in this subset (it has {self.lora_ids})")
         return ids
 
-    def _rows(self, layers: Iterable[int] | None, columns: list[str]) -> Iterator[tuple[int, dict]]:
-        """(layer index, {column: pyarrow scalar array of length 1}) for the requested layers, in file order."""
+    def _rows(self, layers: Iterable[int] | None, columns: list[str]) -> Iterator[tuple[int, dict, Path]]:
+        """(layer index, {column: pyarrow array of length 1}, its shard) for the requested layers, in file order."""
         wanted = range(self.n_layers) if layers is None else sorted({int(i) for i in layers})
         bad = [i for i in wanted if not 0 <= i < self.n_layers]
         if bad:
@@ -129,21 +134,21 @@ class LowraSubset:
             try:
                 for batch in self._pf[fi].iter_batches(batch_size=1, row_groups=[g], columns=columns):
                     if i in want:
-                        yield i, {c: batch.column(c) for c in columns}
+                        yield i, {c: batch.column(c) for c in columns}, self.files[fi]
                     i += 1
             except (pa.ArrowInvalid, OSError) as e:
-                raise BenchmarkFormatError(f"{self.files[fi]}: cannot read row group {g} ({str(e).splitlines()[0]}); "
+                raise BenchmarkFormatError(f"{printable(self.files[fi])}: cannot read row group {g} ({str(e).splitlines()[0]}); "
                                            "the shard is truncated or corrupt — download it again") from None
 
     def layer_info(self, i: int) -> dict:
         """The scalar columns of layer ``i`` (no weights): names, ranks and alphas of every LoRA."""
         cols = ["task_name", "layer_model", "layer_name", "pre_ft_name"]
         cols += [f"lora_{k}_{p}" for k in self.lora_ids for p in ("name", "rank", "alpha")]
-        for _, row in self._rows([i], cols):
+        for _, row, path in self._rows([i], cols):
             info = {"index": int(i), **{c: row[c][0].as_py() for c in cols[:4]}}
             info["lora_names"] = [row[f"lora_{k}_name"][0].as_py() for k in self.lora_ids]
-            info["ranks"] = [int(row[f"lora_{k}_rank"][0].as_py()) for k in self.lora_ids]
-            info["alphas"] = [row[f"lora_{k}_alpha"][0].as_py() for k in self.lora_ids]
+            info["ranks"] = [_rank(row, f"lora_{k}_rank", path, i) for k in self.lora_ids]
+            info["alphas"] = [_number(row, f"lora_{k}_alpha", path, i) for k in self.lora_ids]
             return info
         raise IndexError(i)  # unreachable: _rows checks the range
 
@@ -153,28 +158,54 @@ class LowraSubset:
         ids = self._lora_ids(lora_ids)
         cols = ["layer_model", "layer_name", "pre_ft_weight"]
         cols += [f"lora_{k}_{p}" for k in ids for p in _PER_LORA]
-        for i, row in self._rows(layers, cols):
-            W = matrix_cells(row["pre_ft_weight"], "pre_ft_weight", torch.float32)[0]
+        for i, row, path in self._rows(layers, cols):
+            W = _matrix(row, "pre_ft_weight", path, i)
             m, n = W.shape
-            ranks = [int(row[f"lora_{k}_rank"][0].as_py()) for k in ids]
+            ranks = [_rank(row, f"lora_{k}_rank", path, i) for k in ids]
             r_max = max(ranks)
             A = torch.zeros(len(ids), r_max, n)
             B = torch.zeros(len(ids), m, r_max)
             for j, (k, r) in enumerate(zip(ids, ranks)):
-                a = matrix_cells(row[f"lora_{k}_A_weight"], f"lora_{k}_A_weight", torch.float32)[0]
-                b = matrix_cells(row[f"lora_{k}_B_weight"], f"lora_{k}_B_weight", torch.float32)[0]
+                a = _matrix(row, f"lora_{k}_A_weight", path, i)
+                b = _matrix(row, f"lora_{k}_B_weight", path, i)
                 if a.shape != (r, n) or b.shape != (m, r):
                     raise BenchmarkFormatError(
-                        f"{self.subset} layer {i}, LoRA {k}: A {tuple(a.shape)} and B {tuple(b.shape)} do not fit "
+                        f"{printable(path)}: {self.subset} layer {i}, LoRA {k}: A {tuple(a.shape)} and B {tuple(b.shape)} do not fit "
                         f"rank {r} and W_pre {m}×{n} (expected A [{r}, {n}], B [{m}, {r}]); the rank column or "
                         "the weights are wrong — re-download the shard")
                 A[j, :r], B[j, :, :r] = a, b
             yield LowraLayer(
                 index=i, layer_model=row["layer_model"][0].as_py(), layer_name=row["layer_name"][0].as_py(),
                 W_pre=W, A=A, B=B,
-                alpha=torch.tensor([float(row[f"lora_{k}_alpha"][0].as_py()) for k in ids]),
+                alpha=torch.tensor([_number(row, f"lora_{k}_alpha", path, i) for k in ids]),
                 rank=torch.tensor(ranks, dtype=torch.int64),
                 lora_names=[row[f"lora_{k}_name"][0].as_py() for k in ids])
+
+
+def _number(row: dict, column: str, path: Path, layer: int) -> float:
+    """The finite number in ``column`` of one layer's row; one-line ``BenchmarkFormatError`` if null or not."""
+    value = row[column][0].as_py()
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BenchmarkFormatError(f"{printable(path)}: layer {layer}, column {column} is {value!r}, not a number; "
+                                   "the shard is incomplete or corrupt — download it again")
+    return float(value)
+
+
+def _rank(row: dict, column: str, path: Path, layer: int) -> int:
+    """The positive integer rank in ``column`` of one layer's row."""
+    value = _number(row, column, path, layer)
+    if value < 1 or not value.is_integer():
+        raise BenchmarkFormatError(f"{printable(path)}: layer {layer}, column {column} is {value:g}, not a positive "
+                                   "integer rank; the shard is corrupt — download it again")
+    return int(value)
+
+
+def _matrix(row: dict, column: str, path: Path, layer: int) -> torch.Tensor:
+    """The ``list<list<float>>`` cell in ``column`` of one layer's row as a float32 matrix."""
+    try:
+        return matrix_cells(row[column], column, torch.float32)[0]
+    except BenchmarkFormatError as e:
+        raise BenchmarkFormatError(f"{printable(path)}: layer {layer}: {e}") from None
 
 
 def open_lowra(root: str | Path, subset: str) -> LowraSubset:

@@ -1,5 +1,5 @@
 """Allow-listed unpickling: read the pickles some benchmarks ship (VTHR trees, CNN Wild Park checkpoints)
-without running their code.
+without running their code, and without letting a crafted file take unbounded memory, time or stack.
 
 A pickle is a program: every ``GLOBAL`` opcode imports an object and ``REDUCE`` calls it, so ``pickle.load`` of
 an untrusted file can run anything (``os.system`` included). ``restricted_load`` resolves each global through an
@@ -11,9 +11,21 @@ Torch checkpoints in the zip format (``torch.save`` since 1.6: ``<name>/data.pkl
 read the same way; tensors are rebuilt from the raw storage bytes by our own functions (``TENSORS``). The legacy
 non-zip torch format is refused.
 
+Bounds (each refusal is one ``UnsafePickleError`` line naming the file):
+
+* the file: a regular file of at most ``max_bytes`` (default ``MAX_FILE_BYTES``), checked before reading;
+  zip members by their declared size before they are read (zip bombs), storages against their declared numel;
+* every allocation an allow-listed callable makes (``bytearray(n)``, ``bytes(n)``, ``list(x)``, numpy
+  shapes × itemsize, tensor views): at most ``MAX_OBJECT_BYTES`` each and ``MAX_TOTAL_BYTES`` per file;
+* the opcode stream is scanned before anything runs: declared lengths must fit the data, memo indices must be
+  dense, at most ``MAX_PICKLE_OBJECTS`` objects, nesting at most ``MAX_PRESCAN_DEPTH`` (a deep tuple chain would
+  crash the interpreter when hashed);
+* the loaded object graph: at most ``MAX_NODES`` nodes once shared children are expanded (a 600-byte pickle
+  can describe 2**60 of them) and nesting at most ``MAX_DEPTH``, so recursive walkers stay fast and shallow.
+
 Public API::
 
-    restricted_load(file, allowed)        # path or binary file; allowed: {"module.name": object}
+    restricted_load(file, allowed, max_bytes=MAX_FILE_BYTES)   # path or binary file
     stub("model_graph", "ModelGraph")     # a state-holding stand-in class
     BASIC, TENSORS, OMEGACONF, NUMPY      # ready allow-lists: plain containers; torch tensors; OmegaConf configs;
                                           # numpy numbers/arrays of non-object dtypes
@@ -24,22 +36,41 @@ Public API::
 from __future__ import annotations
 
 import collections
+import contextvars
 import io
+import itertools
+import math
 import pickle
+import pickletools
+import struct
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
 from labkit.benchmarks import BenchmarkFormatError
+from labkit.safe_io import UnsafeInputError, printable, read_bytes, regular_file
 
-__all__ = ["BASIC", "NUMPY", "OMEGACONF", "TENSORS", "Stub", "UnsafePickleError", "restricted_load", "stub", "to_plain"]
+__all__ = ["BASIC", "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "MAX_OBJECT_BYTES", "MAX_TOTAL_BYTES", "NUMPY",
+           "OMEGACONF", "TENSORS", "Stub", "UnsafePickleError", "restricted_load", "stub", "to_plain"]
+
+MAX_FILE_BYTES = 4 << 30  # default max_bytes: the largest pickle / checkpoint file read
+MAX_OBJECT_BYTES = 1 << 30  # the most one allow-listed call (or one tensor storage) may allocate
+MAX_TOTAL_BYTES = 4 << 30  # the most those allocations may add up to within one file
+MAX_NODES = 1_000_000  # objects in the loaded graph, shared children counted once per reference
+MAX_DEPTH = 100  # containers nested in the loaded graph
+MAX_PICKLE_OBJECTS = 10 * MAX_NODES  # objects the opcode stream may create (arguments included)
+MAX_PRESCAN_DEPTH = 1000  # nesting the opcode scan allows (an over-estimate of the real nesting)
+MAX_ZIP_ENTRIES = 100_000  # members of a zip-format torch checkpoint
+_ITEM_BYTES = 16  # what one element of a new container costs (pointer + hash slot)
+_NEW_ITEM_BYTES = 128  # ... when each element is a new object (characters of a str, rows of an array)
 
 
 class UnsafePickleError(BenchmarkFormatError):
-    """A pickle refers to a global outside the allow-list; nothing was executed."""
+    """A pickle refers to a global outside the allow-list or exceeds a bound; nothing was executed."""
 
 
 class Stub:
@@ -66,52 +97,166 @@ def stub(module: str, name: str) -> type:
     return type(name, (Stub,), {"__module__": module, "__qualname__": name})
 
 
+# ------------------------------------------------------------------------------------------ allocation bounds
+
+_BUDGET: contextvars.ContextVar[list[int]] = contextvars.ContextVar("labkit_pickle_budget")
+
+
+def _charge(nbytes: int, what: str) -> None:
+    """Refuse an allocation of ``nbytes`` above ``MAX_OBJECT_BYTES``, or beyond what is left of the file's
+    ``MAX_TOTAL_BYTES`` (when called inside ``restricted_load``)."""
+    nbytes = max(int(nbytes), 0)
+    if nbytes > MAX_OBJECT_BYTES:
+        raise UnsafePickleError(f"refusing {what} of {nbytes:,} bytes (one object may take at most "
+                                f"{MAX_OBJECT_BYTES:,}); this is not a file labkit reads")
+    budget = _BUDGET.get(None)
+    if budget is not None:
+        budget[0] -= nbytes
+        if budget[0] < 0:
+            raise UnsafePickleError(f"refusing {what}: the objects of this pickle would take more than "
+                                    f"{MAX_TOTAL_BYTES:,} bytes; this is not a file labkit reads")
+
+
+def _length(source: Any, what: str) -> int:
+    """``len(source)``; refuse a source without a length (nothing in an allow-listed pickle lacks one)."""
+    try:
+        return len(source)
+    except TypeError:
+        raise UnsafePickleError(f"refusing {what} of a {type(source).__name__}") from None
+
+
+def _per_item(source: Any) -> int:
+    """Bytes one element of ``source`` costs in a new container (more when each element is a new object)."""
+    return _NEW_ITEM_BYTES if isinstance(source, (str, torch.Tensor)) or hasattr(source, "__array__") else _ITEM_BYTES
+
+
+def _container(kind: type) -> Callable[..., Any]:
+    """``kind(*args)`` (list, tuple, dict, …) that first charges the size of the container it builds."""
+
+    def build(*args: Any) -> Any:
+        if args:
+            _charge(_length(args[0], kind.__name__) * _per_item(args[0]), f"{kind.__name__}()")
+        return kind(*args)
+
+    build.__name__ = build.__qualname__ = kind.__name__
+    return build
+
+
+def _bytes_like(kind: type) -> Callable[..., Any]:
+    """``bytes(...)`` / ``bytearray(...)`` that first charges the bytes it allocates (``bytearray(10**13)``)."""
+
+    def build(source: Any = b"", *rest: Any) -> Any:
+        if isinstance(source, int):
+            n = source
+        elif isinstance(source, str):
+            n = 4 * len(source)
+        else:
+            n = getattr(source, "nbytes", None) or _length(source, kind.__name__)
+        _charge(n, f"{kind.__name__}()")
+        return kind(source, *rest)
+
+    build.__name__ = build.__qualname__ = kind.__name__
+    return build
+
+
+_STR_SOURCES = (str, bytes, bytearray, int, float, complex, bool, type(None))
+
+
+def _str(obj: Any = "", *rest: Any) -> str:
+    """``str(...)`` of text, bytes or a number only (``str`` of a container can be exponentially long)."""
+    if not isinstance(obj, _STR_SOURCES):
+        raise UnsafePickleError(f"refusing str() of a {type(obj).__name__}")
+    _charge(4 * len(obj) if isinstance(obj, (str, bytes, bytearray)) else 0, "str()")
+    return str(obj, *rest)
+
+
 def _empty_dict(*_args) -> dict:
     """``collections.defaultdict(factory)`` as a plain dict (the factory is never called)."""
     return {}
 
 
-BASIC: dict[str, Any] = {f"builtins.{t.__name__}": t for t in
-                         (dict, list, set, frozenset, tuple, int, float, str, bytes, bytearray, bool, complex)}
-BASIC["collections.OrderedDict"] = collections.OrderedDict  # torch state dicts (with their _metadata attribute)
+BASIC: dict[str, Any] = {f"builtins.{t.__name__}": t for t in (int, float, bool, complex)}
+BASIC.update({f"builtins.{t.__name__}": _container(t) for t in (dict, list, set, frozenset, tuple)})
+BASIC.update({"builtins.bytes": _bytes_like(bytes), "builtins.bytearray": _bytes_like(bytearray),
+              "builtins.str": _str})
+# torch state dicts (with their _metadata attribute)
+BASIC["collections.OrderedDict"] = _container(collections.OrderedDict)
 
 
 def _latin1(text: str, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles use it for bytes; no other codec."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
         raise UnsafePickleError(f"refusing _codecs.encode with codec {encoding!r}")
+    _charge(len(text), "_codecs.encode")
     return text.encode("latin1")
 
 
+def _numel(shape: Any) -> int:
+    """The element count of an array shape (an int or a sequence of non-negative ints)."""
+    dims = (shape,) if isinstance(shape, int) else tuple(shape) if isinstance(shape, (tuple, list)) else None
+    if dims is None or not all(isinstance(d, int) and d >= 0 for d in dims):
+        raise UnsafePickleError(f"refusing array shape {str(shape)[:60]!r}")
+    return math.prod(dims)
+
+
 def _np_dtype(spec, *_flags):
+    """``numpy.dtype(spec)`` for a string spec without objects, its itemsize bounded."""
     import numpy as np
 
     dtype = np.dtype(spec) if isinstance(spec, str) else None
     if dtype is None or dtype.hasobject:
-        raise UnsafePickleError(f"refusing numpy dtype {spec!r} (object dtypes can hold code)")
+        raise UnsafePickleError(f"refusing numpy dtype {str(spec)[:60]!r} (object dtypes can hold code)")
+    _charge(dtype.itemsize, "numpy dtype")
     return dtype
 
 
+def _np_plain_dtype(dtype: Any):
+    """``dtype`` as a numpy dtype without objects (a string spec goes through ``_np_dtype``)."""
+    import numpy as np
+
+    if dtype is float or dtype is int or dtype is bool:
+        return np.dtype(dtype)
+    if isinstance(dtype, str):
+        return _np_dtype(dtype)
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise UnsafePickleError("refusing a numpy array whose dtype is not a plain number type")
+    return dtype
+
+
+def _np_ndarray(shape, dtype=float, buffer=None, offset=0, strides=None, order=None):
+    """``numpy.ndarray(shape, dtype)`` that checks shape × itemsize before allocating."""
+    import numpy as np
+
+    if buffer is not None or strides is not None:
+        raise UnsafePickleError("refusing numpy.ndarray over a buffer or with strides")
+    dtype = _np_plain_dtype(dtype)
+    _charge(_numel(shape) * dtype.itemsize, "numpy.ndarray")
+    return np.ndarray(shape, dtype, order=order or "C")
+
+
 def _np_scalar(dtype, data=None):
+    """A numpy number from its raw bytes (``numpy.core.multiarray.scalar``)."""
     import numpy as np
 
     if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
         raise UnsafePickleError("refusing a numpy scalar that is not a plain number")
+    _charge(dtype.itemsize, "numpy scalar")
     return np.frombuffer(data, dtype)[0]
 
 
 def _np_reconstruct(cls, shape, base):
+    """The empty array numpy's ``_reconstruct`` makes before ``__setstate__`` fills it; shape bounded."""
     import numpy as np
 
-    if cls is not np.ndarray:
-        raise UnsafePickleError(f"refusing to rebuild numpy subclass {cls!r}")
+    if cls is not np.ndarray and cls is not _np_ndarray:
+        raise UnsafePickleError(f"refusing to rebuild numpy subclass {str(cls)[:60]!r}")
+    _charge(_numel(shape), "numpy array")
     return np.ndarray.__new__(np.ndarray, shape, np.uint8)
 
 
 def _numpy_globals() -> dict[str, Any]:
-    import numpy as np
-
-    out: dict[str, Any] = {"_codecs.encode": _latin1, "numpy.dtype": _np_dtype, "numpy.ndarray": np.ndarray}
+    """The NUMPY allow-list, under both the numpy 1.x and 2.x module names."""
+    out: dict[str, Any] = {"_codecs.encode": _latin1, "numpy.dtype": _np_dtype, "numpy.ndarray": _np_ndarray}
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         out[f"{mod}.scalar"] = _np_scalar
         out[f"{mod}._reconstruct"] = _np_reconstruct
@@ -123,16 +268,22 @@ _DTYPES = {"Float": torch.float32, "Double": torch.float64, "Half": torch.float1
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    """A view of ``storage``; its element count (stride-0 views included) is bounded like an allocation."""
+    if not isinstance(storage, torch.Tensor) or not isinstance(offset, int):
+        raise UnsafePickleError("refusing a tensor that is not a view of a checkpoint storage")
+    _charge(_numel(tuple(size)) * storage.element_size(), "tensor")
     return storage.as_strided(tuple(size), tuple(stride), offset)
 
 
 def _rebuild_parameter(data, requires_grad=False, hooks=None):
+    """An ``nn.Parameter`` as its plain tensor (hooks are never attached)."""
     return data
 
 
 TENSORS: dict[str, Any] = {f"torch.{k}Storage": v for k, v in _DTYPES.items()}
 TENSORS.update({"torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
-                "torch._utils._rebuild_parameter": _rebuild_parameter, "collections.OrderedDict": collections.OrderedDict})
+                "torch._utils._rebuild_parameter": _rebuild_parameter,
+                "collections.OrderedDict": BASIC["collections.OrderedDict"]})
 NUMPY: dict[str, Any] = _numpy_globals()  # numbers and arrays of plain (non-object) dtypes
 
 _OMEGA_CLASSES = ["omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.Metadata",
@@ -143,30 +294,255 @@ OMEGACONF: dict[str, Any] = {k: stub(*k.rsplit(".", 1)) for k in _OMEGA_CLASSES}
 OMEGACONF.update({"typing.Any": Any, "collections.defaultdict": _empty_dict})
 
 
-def to_plain(obj: Any) -> Any:
-    """Replace OmegaConf stubs by plain dicts, lists and values (recursively); other stubs by their state."""
+def to_plain(obj: Any, _depth: int = 0) -> Any:
+    """Replace OmegaConf stubs by plain dicts, lists and values (recursively); other stubs by their state.
+    A structure nested deeper than ``MAX_DEPTH`` (or one that contains itself) raises ``UnsafePickleError``."""
+    if _depth > MAX_DEPTH:
+        raise UnsafePickleError(f"a config nested deeper than {MAX_DEPTH} levels (or containing itself); this is "
+                                "not a config labkit reads")
+    d = _depth + 1
     if isinstance(obj, Stub):
         kind = type(obj).__qualname__
         if kind == "DictConfig":
             content = obj.__dict__.get("_content")
-            return {k: to_plain(v) for k, v in content.items()} if isinstance(content, dict) else content
+            return {k: to_plain(v, d) for k, v in content.items()} if isinstance(content, dict) else content
         if kind == "ListConfig":
             content = obj.__dict__.get("_content")
-            return [to_plain(v) for v in content] if isinstance(content, list) else content
+            return [to_plain(v, d) for v in content] if isinstance(content, list) else content
         if kind.endswith("Node") and type(obj).__module__ == "omegaconf.nodes":
-            return to_plain(obj.__dict__.get("_val"))
+            return to_plain(obj.__dict__.get("_val"), d)
         return {k: v for k, v in obj.__dict__.items() if k != "_args"}
     if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
+        return {k: to_plain(v, d) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_plain(v) for v in obj)
+        return type(obj)(to_plain(v, d) for v in obj)
     return obj
 
+
+# ------------------------------------------------------------------------------- the opcode scan (before load)
+
+_LEAF_OPS = frozenset("NONE NEWTRUE NEWFALSE INT BININT BININT1 BININT2 LONG LONG1 LONG4 FLOAT BINFLOAT STRING "
+                      "BINSTRING SHORT_BINSTRING BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 UNICODE "
+                      "SHORT_BINUNICODE BINUNICODE BINUNICODE8 GLOBAL EXT1 EXT2 EXT4 PERSID NEXT_BUFFER "
+                      "EMPTY_LIST EMPTY_DICT EMPTY_SET EMPTY_TUPLE".split())
+_NEW_FROM_MARK = frozenset({"TUPLE", "LIST", "DICT", "FROZENSET", "INST", "OBJ"})
+_INTO_TOP_FROM_MARK = frozenset({"APPENDS", "SETITEMS", "ADDITEMS"})
+_NEW_FROM_TOP = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "REDUCE": 2, "NEWOBJ": 2, "NEWOBJ_EX": 3,
+                 "STACK_GLOBAL": 2, "BINPERSID": 1}
+_INTO_TOP = {"APPEND": 1, "SETITEM": 2, "BUILD": 1}
+_PUTS, _GETS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"}), frozenset({"GET", "BINGET", "LONG_BINGET"})
+_NO_STACK = frozenset({"PROTO", "FRAME", "STOP", "READONLY_BUFFER"})
+
+
+class _Scan:
+    """A symbolic run of the pickle machine: every stack entry is a record ``[nesting depth]`` shared with the
+    memo (so a list filled after it was memoised is seen at its real depth), no object is built."""
+
+    def __init__(self) -> None:
+        self.stack: list[list[int]] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, list[int]] = {}
+        self.created = 0
+
+    def pop(self, n: int) -> list[list[int]]:
+        if len(self.stack) - (self.marks[-1] if self.marks else 0) < n:
+            raise UnsafePickleError("the opcode stream pops more than it pushed; the file is corrupt")
+        items = self.stack[len(self.stack) - n:]
+        del self.stack[len(self.stack) - n:]
+        return items
+
+    def pop_mark(self) -> list[list[int]]:
+        if not self.marks:
+            raise UnsafePickleError("the opcode stream uses a MARK it never set; the file is corrupt")
+        m = self.marks.pop()
+        items = self.stack[m:]
+        del self.stack[m:]
+        return items
+
+    def push(self, depth: int) -> None:
+        self.created += 1
+        if self.created > MAX_PICKLE_OBJECTS:
+            raise UnsafePickleError(f"the pickle builds more than {MAX_PICKLE_OBJECTS:,} objects; this is not a "
+                                    "file labkit reads")
+        self.stack.append([_checked_depth(depth)])
+
+    def grow_top(self, items: list[list[int]]) -> None:
+        if not self.stack:
+            raise UnsafePickleError("the opcode stream fills a container it never built; the file is corrupt")
+        top = self.stack[-1]
+        top[0] = _checked_depth(max([top[0], *(1 + r[0] for r in items)]))
+
+    def step(self, name: str, arg: Any) -> None:
+        if name in _LEAF_OPS:
+            self.push(1 if name.startswith("EMPTY_") else 0)
+        elif name == "MARK":
+            self.marks.append(len(self.stack))
+        elif name in _NEW_FROM_MARK:
+            self.push(1 + max((r[0] for r in self.pop_mark()), default=0))
+        elif name in _NEW_FROM_TOP:
+            self.push(max((r[0] + (name.startswith("TUPLE")) for r in self.pop(_NEW_FROM_TOP[name])), default=1))
+        elif name in _INTO_TOP_FROM_MARK:
+            self.grow_top(self.pop_mark())
+        elif name in _INTO_TOP:
+            self.grow_top(self.pop(_INTO_TOP[name]))
+        else:
+            self.step_memo(name, arg)
+
+    def step_memo(self, name: str, arg: Any) -> None:
+        if name in _PUTS or name == "MEMOIZE":
+            idx = len(self.memo) if name == "MEMOIZE" else arg
+            if not isinstance(idx, int) or idx < 0 or idx > self.created:  # the C unpickler sizes its memo by idx
+                raise UnsafePickleError(f"memo index {str(idx)[:20]} is not dense; the file is corrupt or crafted")
+            if not self.stack:
+                raise UnsafePickleError("the opcode stream memoises an empty stack; the file is corrupt")
+            self.memo[idx] = self.stack[-1]
+        elif name in _GETS:
+            if arg not in self.memo:
+                raise UnsafePickleError(f"memo index {str(arg)[:20]} was never set; the file is corrupt")
+            self.stack.append(self.memo[arg])
+        elif name == "DUP":
+            self.stack.append(self.pop(1)[0])
+            self.stack.append(self.stack[-1])
+        elif name == "POP":
+            if self.marks and self.marks[-1] == len(self.stack):
+                self.marks.pop()
+            else:
+                self.pop(1)
+        elif name == "POP_MARK":
+            self.pop_mark()
+        elif name not in _NO_STACK:
+            raise UnsafePickleError(f"unknown pickle opcode {name}")
+
+
+def _checked_depth(depth: int) -> int:
+    """``depth`` unless it exceeds ``MAX_PRESCAN_DEPTH``."""
+    if depth > MAX_PRESCAN_DEPTH:
+        raise UnsafePickleError(f"objects nested more than {MAX_PRESCAN_DEPTH} levels deep; this is not a file "
+                                "labkit reads")
+    return depth
+
+
+def _prescan(data: bytes) -> None:
+    """Check the opcode stream before anything runs: declared lengths fit the data (``pickletools.genops``
+    raises otherwise), memo indices are dense, object count and nesting are bounded."""
+    scan = _Scan()
+    for op, arg, _pos in pickletools.genops(data):
+        scan.step(op.name, arg)
+
+
+# ------------------------------------------------------------------------------- the object graph (after load)
+
+_DONE = object()
+
+
+def _children(obj: Any) -> Iterator[Any] | None:
+    """The objects ``obj`` holds, or None for a leaf (numbers, text, arrays, tensors, classes)."""
+    if isinstance(obj, dict):
+        items = itertools.chain.from_iterable(obj.items())
+        extra = getattr(obj, "__dict__", None) if type(obj) is not dict else None
+        return itertools.chain(items, extra.values()) if extra else items
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return iter(obj)
+    if isinstance(obj, Stub):
+        return iter(list(obj.__dict__.values()))
+    return None
+
+
+def _check_leaf(obj: Any) -> None:
+    """Arrays and tensors: the element count a walker would materialise; tensors: no hooks."""
+    if isinstance(obj, torch.Tensor):
+        _charge_view(obj.numel() * obj.element_size(), "tensor")
+        if getattr(obj, "_backward_hooks", None):
+            raise UnsafePickleError("refusing a tensor with hooks attached")
+    elif hasattr(obj, "__array_interface__") and hasattr(obj, "size") and hasattr(obj, "itemsize"):
+        _charge_view(int(obj.size) * max(int(obj.itemsize), 1), "numpy array")
+
+
+def _charge_view(nbytes: int, what: str) -> None:
+    """Refuse an existing array or view whose materialised size would exceed ``MAX_OBJECT_BYTES``."""
+    if nbytes > MAX_OBJECT_BYTES:
+        raise UnsafePickleError(f"refusing a {what} of {nbytes:,} bytes (one object may take at most "
+                                f"{MAX_OBJECT_BYTES:,}); this is not a file labkit reads")
+
+
+class _Walk:
+    """One iterative depth-first pass: expanded size (memoised by id), nesting depth, cycles of plain containers."""
+
+    def __init__(self) -> None:
+        self.size: dict[int, int] = {}
+        self.depth: dict[int, int] = {}
+        self.on_path: dict[int, int] = {}
+        self.stubs: list[int] = []  # stubs on the path up to and including each position
+        self.frames: list[list[Any]] = []  # [obj, children, expanded size, depth of deepest child]
+
+    def enter(self, obj: Any, children: Iterator[Any]) -> None:
+        if len(self.frames) >= MAX_DEPTH:
+            raise UnsafePickleError(f"objects nested more than {MAX_DEPTH} levels deep; this is not a file labkit "
+                                    "reads")
+        self.on_path[id(obj)] = len(self.frames)
+        self.stubs.append((self.stubs[-1] if self.stubs else 0) + isinstance(obj, Stub))
+        self.frames.append([obj, children, 1, 0])
+
+    def add(self, size: int, depth: int) -> None:
+        frame = self.frames[-1]
+        frame[2] += size
+        frame[3] = max(frame[3], depth)
+        if frame[2] > MAX_NODES:
+            raise UnsafePickleError(f"the objects expand to more than {MAX_NODES:,} nodes (shared children counted "
+                                    "once per reference); this is not a file labkit reads")
+
+    def leave(self) -> None:
+        obj, _, size, depth = self.frames.pop()
+        del self.on_path[id(obj)]
+        self.stubs.pop()
+        self.size[id(obj)], self.depth[id(obj)] = size, depth + 1
+        if self.frames:
+            self.add(size, depth + 1)
+
+    def cycle(self, start: int) -> None:
+        """A reference back to the path position ``start``: fine through a stub (object graphs with parent
+        links), refused among plain containers (recursive walkers would never end)."""
+        if self.stubs[-1] - (self.stubs[start - 1] if start else 0) == 0:
+            raise UnsafePickleError("a list or dict that contains itself; this is not a file labkit reads")
+        self.add(1, 0)
+
+    def visit(self, child: Any) -> None:
+        cid = id(child)
+        if cid in self.size:
+            self.add(self.size[cid], self.depth[cid])
+        elif cid in self.on_path:
+            self.cycle(self.on_path[cid])
+        elif (children := _children(child)) is None:
+            _check_leaf(child)
+            self.add(1, 0)
+        else:
+            self.enter(child, children)
+
+
+def _check_graph(root: Any) -> None:
+    """Refuse an object graph that expands beyond ``MAX_NODES`` or nests deeper than ``MAX_DEPTH``."""
+    children = _children(root)
+    if children is None:
+        _check_leaf(root)
+        return
+    walk = _Walk()
+    walk.enter(root, children)
+    while walk.frames:
+        child = next(walk.frames[-1][1], _DONE)
+        if child is _DONE:
+            walk.leave()
+        else:
+            walk.visit(child)
+
+
+# ------------------------------------------------------------------------------------------------- loading
 
 _RENAMES = {("__builtin__", "long"): ("builtins", "int"), ("__builtin__", "unicode"): ("builtins", "str")}
 
 
 class _Unpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` whose globals come only from the allow-list and persistent ids from ``storage``."""
+
     def __init__(self, file: BinaryIO, allowed: Mapping[str, Any], storage=None):
         super().__init__(file)
         self._allowed, self._storage = allowed, storage
@@ -176,8 +552,9 @@ class _Unpickler(pickle.Unpickler):
         module = "builtins" if module == "__builtin__" else module
         key = f"{module}.{name}"
         if key not in self._allowed:
-            raise UnsafePickleError(f"refusing to unpickle: global {key!r} is not in the allow-list (nothing was "
-                                    "executed); if you trust the file, load it with its own project's code")
+            raise UnsafePickleError(f"refusing to unpickle: global {printable(key)[:120]!r} is not in the allow-list "
+                                    "(nothing was executed); if you trust the file, load it with its own project's "
+                                    "code")
         return self._allowed[key]
 
     def persistent_load(self, pid: Any) -> Any:
@@ -186,48 +563,134 @@ class _Unpickler(pickle.Unpickler):
         return self._storage(pid)
 
 
+def _unpickle(data: bytes, allowed: Mapping[str, Any], storage=None) -> Any:
+    """Scan ``data``'s opcodes, then unpickle it through the allow-list."""
+    _prescan(data)
+    return _Unpickler(io.BytesIO(data), allowed, storage).load()
+
+
+def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """The bytes of zip member ``name``, refused by its declared size before decompressing (zip bombs)."""
+    info = z.getinfo(name)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise UnsafePickleError(f"zip member {printable(name)} uses compression {info.compress_type}; torch "
+                                "checkpoints are stored or deflated")
+    if info.file_size > limit:
+        raise UnsafePickleError(f"zip member {printable(name)} declares {info.file_size:,} bytes, more than the "
+                                f"{limit:,} it may hold")
+    return z.read(info)  # zipfile stops at the declared size and checks the CRC
+
+
 def _torch_zip(z: zipfile.ZipFile, allowed: Mapping[str, Any], where: str) -> Any:
     pkl = [n for n in z.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pkl) != 1:
         raise BenchmarkFormatError(f"{where}: a zip file but not a torch checkpoint (no <name>/data.pkl)")
     prefix = pkl[0][: -len("data.pkl")]
-    order = z.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in z.namelist() else "little"
+    order = _member(z, prefix + "byteorder", 16).decode().strip() if prefix + "byteorder" in z.namelist() \
+        else "little"
     if order != "little":
         raise BenchmarkFormatError(f"{where}: big-endian torch checkpoints are not supported")
     storages: dict[str, torch.Tensor] = {}
     dtypes = {v: k for k, v in TENSORS.items() if k.endswith("Storage")}
 
     def storage(pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in dtypes):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in dtypes
+                and isinstance(pid[2], str) and isinstance(pid[4], int) and pid[4] >= 0):
             raise UnsafePickleError(f"{where}: unexpected persistent id {str(pid)[:60]!r}")
         _, dtype, key, _, numel = pid
         if key not in storages:
-            raw = bytearray(z.read(f"{prefix}data/{key}"))
-            t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-            if t.numel() != numel:
-                raise BenchmarkFormatError(f"{where}: storage {key} holds {t.numel()} values, expected {numel}")
-            storages[key] = t
+            storages[key] = _storage(z, f"{prefix}data/{key}", dtype, numel, where)
         return storages[key]
 
-    return _Unpickler(io.BytesIO(z.read(pkl[0])), {**allowed, **TENSORS}, storage).load()
+    return _unpickle(_member(z, pkl[0], MAX_OBJECT_BYTES), {**allowed, **TENSORS}, storage)
 
 
-def restricted_load(file: str | Path | BinaryIO, allowed: Mapping[str, Any]) -> Any:
-    """Unpickle ``file`` (a plain pickle or a zip-format torch checkpoint) resolving globals only through
-    ``allowed`` (``{"module.name": object}``; ``BASIC`` is always included)."""
-    where = str(file) if isinstance(file, (str, Path)) else "pickle"
-    data = Path(file).read_bytes() if isinstance(file, (str, Path)) else file.read()
-    allowed = {**BASIC, **allowed}
+def _storage(z: zipfile.ZipFile, name: str, dtype: torch.dtype, numel: int, where: str) -> torch.Tensor:
+    """One storage: ``numel`` values of ``dtype`` from member ``name``, whose declared size must match."""
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
     try:
+        size = z.getinfo(name).file_size
+    except KeyError:
+        raise BenchmarkFormatError(f"{where}: storage {printable(name)} is missing; the checkpoint is truncated — "
+                                   "download it again") from None
+    if size != nbytes:
+        raise BenchmarkFormatError(f"{where}: storage {printable(name)} holds {size:,} bytes, but {numel:,} values "
+                                   f"of {dtype} need {nbytes:,}; the checkpoint is corrupt")
+    _charge(nbytes, "tensor storage")
+    raw = bytearray(_member(z, name, nbytes))
+    return torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+
+
+def _zip_load(f: BinaryIO, allowed: Mapping[str, Any], where: str) -> Any:
+    """A zip-format torch checkpoint from the seekable ``f``; the member count is checked before parsing."""
+    end = getattr(zipfile, "_EndRecData", None)
+    rec = end(f) if end is not None else None
+    if rec is not None and rec[4] > MAX_ZIP_ENTRIES:  # _ECD_ENTRIES_TOTAL
+        raise UnsafePickleError(f"{where}: a zip file of {rec[4]:,} members (a torch checkpoint has far fewer "
+                                f"than {MAX_ZIP_ENTRIES:,})")
+    f.seek(0)
+    with zipfile.ZipFile(f) as z:
+        return _torch_zip(z, allowed, where)
+
+
+def _load(file: str | Path | BinaryIO, allowed: Mapping[str, Any], where: str, max_bytes: int) -> Any:
+    if isinstance(file, (str, Path)):
+        path = regular_file(file, "pickle")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise UnsafeInputError(f"{where}: {size:,} bytes, more than the {max_bytes:,} a pickle may hold; pass "
+                                   "max_bytes= if you trust it")
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                return _zip_load(f, allowed, where)
+        data = read_bytes(path, max_bytes, "pickle")
+    else:
+        data = file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise UnsafeInputError(f"{where}: more than the {max_bytes:,} bytes a pickle may hold")
         if data[:4] == b"PK\x03\x04":
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                return _torch_zip(z, allowed, where)
-        if data[:2] == b"\x80\x02" and data[2:3] == b"\x8a":
-            raise BenchmarkFormatError(f"{where}: a legacy (pre-1.6, non-zip) torch file; re-save it with torch.save")
-        return _Unpickler(io.BytesIO(data), allowed).load()
-    except BenchmarkFormatError:
+            return _zip_load(io.BytesIO(data), allowed, where)
+    if data[:2] == b"\x80\x02" and data[2:3] == b"\x8a":
+        raise BenchmarkFormatError(f"{where}: a legacy (pre-1.6, non-zip) torch file; re-save it with torch.save")
+    return _unpickle(data, allowed)
+
+
+def _located(e: BenchmarkFormatError, where: str) -> BenchmarkFormatError:
+    """``e`` with ``where`` in front of its message (once)."""
+    msg = str(e)
+    return e if msg.startswith(where) else type(e)(f"{where}: {msg}")
+
+
+_CORRUPT = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, TypeError,
+            ValueError, IndexError, AttributeError, RuntimeError, OverflowError, struct.error, zlib.error,
+            UnicodeError)
+
+
+def restricted_load(file: str | Path | BinaryIO, allowed: Mapping[str, Any], max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """Unpickle ``file`` (a plain pickle or a zip-format torch checkpoint, at most ``max_bytes``) resolving
+    globals only through ``allowed`` (``{"module.name": object}``; ``BASIC`` is always included). Every error
+    is one line naming the file: ``UnsafePickleError`` for a refused global or bound, ``BenchmarkFormatError``
+    for a damaged file, ``UnsafeInputError`` for a non-regular or too large file."""
+    where = printable(file) if isinstance(file, (str, Path)) else "pickle"
+    allowed = {**BASIC, **allowed}
+    token = _BUDGET.set([MAX_TOTAL_BYTES])
+    try:
+        obj = _load(file, allowed, where, max_bytes)
+        _check_graph(obj)
+        return obj
+    except BenchmarkFormatError as e:
+        raise _located(e, where) from None
+    except (UnsafeInputError, FileNotFoundError):
         raise
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, TypeError, ValueError, IndexError,
-            AttributeError, RuntimeError) as e:
-        raise BenchmarkFormatError(f"{where}: not a readable pickle ({type(e).__name__}: {str(e)[:80]}); the file "
-                                   "is truncated or corrupt — download it again") from None
+    except MemoryError:
+        raise UnsafePickleError(f"{where}: unpickling it needs more memory than this machine has; it is not a "
+                                "file labkit reads") from None
+    except OSError as e:
+        raise BenchmarkFormatError(f"{where}: cannot read it ({printable(e.strerror or e)}); check the file") \
+            from None
+    except _CORRUPT as e:
+        raise BenchmarkFormatError(f"{where}: not a readable pickle ({type(e).__name__}: "
+                                   f"{printable(str(e).splitlines()[0] if str(e) else '')[:80]}); the file is "
+                                   "truncated or corrupt — download it again") from None
+    finally:
+        _BUDGET.reset(token)

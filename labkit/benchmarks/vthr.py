@@ -24,6 +24,7 @@ from pathlib import Path
 
 from labkit.benchmarks import BenchmarkFormatError, require
 from labkit.benchmarks.safe_pickle import restricted_load, stub
+from labkit.safe_io import UnsafeInputError, inside, printable
 
 __all__ = ["VTHR_CLASSES", "VthrGraph", "load_vthr_graph"]
 
@@ -41,42 +42,68 @@ class VthrGraph:
     edges: list[tuple[str, str]]
 
     def model_file(self, uuid: str, root: str | Path | None = None) -> Path:
-        """The node's ``model.safetensors``: ``<root>/<model_path>`` (hub id or local folder) or its basename."""
+        """The node's ``model.safetensors``: ``<root>/<model_path>`` (hub id or local folder) or its basename.
+        With ``root``, a ``model_path`` that leads outside it (absolute, ``..``) is only tried by its basename."""
         node = next((n for n in self.nodes if n["uuid"] == uuid), None)
         if node is None:
             raise KeyError(f"no node {uuid!r} in this graph")
+        model_path = str(node["model_path"])
         base = Path(root) if root is not None else Path()
-        for cand in (base / node["model_path"], base / Path(node["model_path"]).name):
+        found = [base / rel if root is None else _inside_or_none(base, rel)
+                 for rel in (model_path, Path(model_path).name)]
+        found = [c for c in found if c is not None]
+        for cand in found:
             if (cand / "model.safetensors").is_file():
                 return cand / "model.safetensors"
-        return require(base / node["model_path"] / "model.safetensors", f"VTHR model {node['model_path']}",
+        if not found:
+            raise BenchmarkFormatError(f"VTHR node {printable(uuid)}: model_path {printable(model_path)[:80]!r} "
+                                       f"leads outside {printable(base)}")
+        return require(found[0] / "model.safetensors", f"VTHR model {printable(model_path)}",
                        f"download.py vthr --dest {base}")
 
 
+def _inside_or_none(root: Path, rel: str) -> Path | None:
+    """``root / rel`` if it stays inside ``root``, else None."""
+    try:
+        return inside(root, rel, "model_path")
+    except UnsafeInputError:
+        return None
+
+
+def _node_row(node: object, where: str) -> dict:
+    """One node as a plain row (uuid, tree, depth, parent uuid, metadata fields)."""
+    meta = getattr(node, "metadata", None)
+    uuid = getattr(meta, "uuid", None)
+    if not isinstance(uuid, str):
+        raise BenchmarkFormatError(f"{where}: a node without a string metadata.uuid; not a VTHR model graph")
+    parent_uuid = getattr(getattr(getattr(node, "parent", None), "metadata", None), "uuid", None)
+    return {"uuid": uuid, "tree": getattr(meta, "component_id", None), "depth": getattr(meta, "depth", None),
+            "parent": parent_uuid if isinstance(parent_uuid, str) else None,
+            **{f: getattr(meta, f, None) for f in _FIELDS}, "lora_rank": getattr(meta, "lora_rank", None)}
+
+
 def load_vthr_graph(path: str | Path) -> VthrGraph:
-    """Read a VTHR tree pickle safely into a ``VthrGraph``."""
+    """Read a VTHR tree pickle safely into a ``VthrGraph``; every error is one line naming the file."""
     path = require(path, "VTHR tree pickle", None)
+    where = printable(path)
     graph = restricted_load(path, VTHR_CLASSES)
     roots = getattr(graph, "roots", None)
     if not isinstance(roots, list) or not roots:
-        raise BenchmarkFormatError(f"{path}: not a VTHR model graph (no 'roots' list)")
+        raise BenchmarkFormatError(f"{where}: not a VTHR model graph (no 'roots' list)")
     nodes, edges, seen = [], [], set()
     stack = list(reversed(roots))
     while stack:
         node = stack.pop()
-        meta = getattr(node, "metadata", None)
-        uuid = getattr(meta, "uuid", None)
-        if uuid is None:
-            raise BenchmarkFormatError(f"{path}: a node without metadata.uuid; not a VTHR model graph")
-        if uuid in seen:
+        row = _node_row(node, where)
+        if row["uuid"] in seen:
             continue
-        seen.add(uuid)
-        parent = getattr(node, "parent", None)
-        parent_uuid = getattr(getattr(parent, "metadata", None), "uuid", None)
-        if parent_uuid is not None:
-            edges.append((parent_uuid, uuid))
-        nodes.append({"uuid": uuid, "tree": getattr(meta, "component_id", None), "depth": getattr(meta, "depth", None),
-                      "parent": parent_uuid, **{f: getattr(meta, f, None) for f in _FIELDS},
-                      "lora_rank": getattr(meta, "lora_rank", None)})
-        stack.extend(reversed(getattr(node, "children", None) or []))
+        seen.add(row["uuid"])
+        if row["parent"] is not None:
+            edges.append((row["parent"], row["uuid"]))
+        nodes.append(row)
+        children = getattr(node, "children", None) or []
+        if not isinstance(children, list):
+            raise BenchmarkFormatError(f"{where}: node {printable(row['uuid'])[:40]} has children of type "
+                                       f"{type(children).__name__}, not a list; not a VTHR model graph")
+        stack.extend(reversed(children))
     return VthrGraph(nodes, edges)

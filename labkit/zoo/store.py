@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from labkit.safe_io import printable, read_bytes
+from labkit.safe_io import printable, read_bytes, regular_file, utf8_path
 
 __all__ = [
     "CorruptFileError",
@@ -133,16 +133,14 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     """Load tensors and metadata; a truncated or corrupt file gives one clear ``CorruptFileError``."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise ZooError(f"missing model file {path}")
+    name = utf8_path(regular_file(path, "model file"))  # before opening: a FIFO would block, a device never end
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(name, framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CorruptFileError(f"{path} is corrupt or truncated ({e}); delete it and rebuild or re-download it") \
-            from None
+        raise CorruptFileError(f"{printable(path)} is corrupt or truncated ({printable(e)}); delete it and rebuild or "
+                               "re-download it") from None
     return tensors, metadata
 
 
