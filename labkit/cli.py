@@ -4,6 +4,7 @@
     labkit report [--profile P]                             every recorded metric next to the paper's number
     labkit zoo build RECIPE [--profile P]                   build (or reuse) a mini-jungle zoo; prints its folder
     labkit zoo verify PATH                                  check every model file of a zoo against its sha256
+    labkit zoo repair PATH                                  rebuild an unreadable or lost manifest from the models
     labkit student [--out DIR]                              student and instructor copies of every notebook
     labkit trees recover PATH [--regime ft|lora] [--lambda 0.3] [--trees K ...] [--reverse]
                                                             MoTHer on a folder of models; edges as JSON
@@ -27,17 +28,34 @@
     labkit inspect PATH [--all] [--json]                    what a model file or folder holds: format, tensors,
                                                             shapes, dtypes, metadata, LoRA ranks (safe loaders only)
 
-Errors are one line on stderr and a non-zero exit.
+Errors are one line on stderr and a non-zero exit: 2 for a problem with the input (the line says what to fix),
+1 when ``labkit run`` had notebooks fail, 3 for an internal error (a bug in labkit; ``LABKIT_DEBUG=1`` shows its
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
+from labkit.safe_io import printable
+
 __all__ = ["main"]
+
+
+def _positive_seconds(text: str) -> float:
+    """``--timeout``: a positive, finite number of seconds (0 or a negative number would mean no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def _cmd_run(args) -> int:
@@ -48,13 +66,15 @@ def _cmd_run(args) -> int:
     notebooks = find_notebooks(args.notebooks)
     failed = []
     for nb in notebooks:
-        print(f"labkit run: {nb.stem} (profile {profile}) …", flush=True)
+        print(f"labkit run: {printable(nb.stem)} (profile {profile}) …", flush=True)
         result = run_notebook(nb, profile, runs_root=Path(args.runs), timeout=args.timeout)
         if result.ok:
-            print(f"labkit run: {nb.stem} done in {result.seconds:.1f} s → {result.output}", flush=True)
+            print(f"labkit run: {printable(nb.stem)} done in {result.seconds:.1f} s → {printable(result.output)}",
+                  flush=True)
         else:
-            print(f"labkit run: {result.error} (executed copy: {result.output})", file=sys.stderr, flush=True)
-            failed.append(nb.stem)
+            print(f"labkit run: {printable(result.error)} (executed copy: {printable(result.output)})",
+                  file=sys.stderr, flush=True)
+            failed.append(printable(nb.stem))
     if failed:
         print(f"labkit run: {len(failed)} of {len(notebooks)} notebooks failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -86,12 +106,29 @@ def _cmd_zoo_build(args) -> int:
 def _cmd_zoo_verify(args) -> int:
     from labkit.zoo import ZooStore
 
-    store = ZooStore(args.path)
+    store = ZooStore(args.path)  # reads only; an unreadable manifest line is a one-line error (exit 2)
     problems = store.verify_all()
     for line in problems:
-        print(line, file=sys.stderr)
-    print(f"{store.root}: {len(store)} models, {len(problems)} problems{'' if store.complete else ' (build incomplete)'}")
+        print(printable(line), file=sys.stderr)
+    print(f"{printable(store.root)}: {len(store)} models, {len(problems)} problems"
+          f"{'' if store.complete else ' (build incomplete)'}")
     return 1 if problems else 0
+
+
+def _cmd_zoo_repair(args) -> int:
+    from labkit.zoo import ZooStore
+
+    result = ZooStore.repair_manifest(args.path)
+    recovered, lost = result["recovered"], result["unrecoverable"]
+    if result["backup"]:
+        print(f"the old manifest is kept as {printable(result['backup'])}")
+    for name in lost:
+        print(f"{printable(name)}: no row.json that matches its files (built by an older labkit, or damaged); left "
+              "on disk, not listed", file=sys.stderr)
+    dropped = f", unreadable lines {result['bad_lines']} dropped" if result["bad_lines"] else ""
+    print(f"{printable(args.path)}: {result['kept']} rows kept, {len(recovered)} listed again from their row.json"
+          f"{dropped}; nothing deleted")
+    return 1 if lost else 0
 
 
 def _cmd_student(args) -> int:
@@ -137,12 +174,30 @@ def _cmd_inspect(args) -> int:
 
     info = inspect_path(args.path)
     print(json.dumps(info, indent=1, default=str) if args.json else format_report(info, None if args.all else 40))
-    return 0
+    return 1 if info["problems"] else 0
+
+
+def _non_finite(value, where: str = "") -> tuple[str, float] | None:
+    """``(path, number)`` of the first NaN or infinite number in ``value`` (path as ``dsire.mae_mean`` or
+    ``layers[3].final_loss``); None if every number is finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "value", value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+        if found:
+            return found
+    return None
 
 
 def _emit(result: dict, json_file: str | None) -> None:
-    """A replication command's result: JSON on stdout, or into ``--json FILE``."""
-    text = json.dumps(result, indent=1)
+    """A replication command's result: JSON on stdout, or into ``--json FILE``; a NaN or infinite number in it
+    is refused (one line naming the field) rather than reported as a result."""
+    bad = _non_finite(result)
+    if bad:
+        raise ValueError(f"the result's {printable(bad[0])} is {bad[1]}, not a number; the run diverged or its input "
+                         "holds NaN/inf, so there is no result to report")
+    text = json.dumps(result, indent=1, allow_nan=False)
     if json_file:
         Path(json_file).write_text(text + "\n")
     else:
@@ -181,14 +236,12 @@ def _cmd_detune(args) -> int:
 
 
 def _cmd_dsire(args) -> int:
-    from labkit.replicate.dsire import dsire_lora_wise
+    from labkit.replicate.dsire import dsire_lora_wise, read_set_order
 
-    set_order = None
-    if args.set_order:
-        lines = [ln.strip() for ln in Path(args.set_order).read_text().splitlines() if ln.strip()]
-        set_order = [int(x) if x.lstrip("-").isdigit() else x for x in lines]
+    set_order = read_set_order(args.set_order) if args.set_order else None
     result = dsire_lora_wise(args.lora_wise, args.config, rank=args.rank, repeats=args.splits,
-                             n_train_sets=args.n_train_sets, seed=args.seed, set_order=set_order)
+                             n_train_sets=args.n_train_sets, seed=args.seed, set_order=set_order,
+                             set_order_file=args.set_order)
     _emit(result, args.json)
     d, f = result["dsire"], result["frobenius_nn"]
     print(f"labkit dsire: {args.config}: accuracy {d['accuracy_mean']:.2f} ± {d['accuracy_std']:.2f} %, MAE "
@@ -245,7 +298,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute notebooks with papermill into runs/<profile>/")
     run.add_argument("notebooks", nargs="*", help="paths, names (04_dsire) or lab numbers (04); default: all")
     run.add_argument("--profile", default=None, help="smoke | workshop | full (default: $LABKIT_PROFILE or workshop)")
-    run.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    run.add_argument("--timeout", type=_positive_seconds, default=None,
+                     help="per-cell timeout in seconds (a positive number; default: none)")
     run.add_argument("--runs", default="runs", help="output folder (default: runs)")
     run.set_defaults(func=_cmd_run)
 
@@ -262,6 +316,10 @@ def _parser() -> argparse.ArgumentParser:
     zv = zoo.add_parser("verify", help="check a zoo's files against the manifest")
     zv.add_argument("path")
     zv.set_defaults(func=_cmd_zoo_verify)
+    zr = zoo.add_parser("repair", help="rebuild a zoo's unreadable or lost manifest from its model folders "
+                                       "(keeps the old one; deletes nothing)")
+    zr.add_argument("path")
+    zr.set_defaults(func=_cmd_zoo_repair)
 
     st = sub.add_parser("student", help="write student and instructor copies of every notebook")
     st.add_argument("--out", default="notebooks", help="writes OUT/student/ and OUT/instructor/ (default: notebooks)")
@@ -384,6 +442,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(command: str, message: object) -> None:
+    """One line on stderr: control characters and newlines escaped, so nothing a file name holds reaches the
+    terminal raw and the error never spreads over several lines."""
+    print(f"labkit {command}: {printable(message)}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -392,9 +456,14 @@ def main(argv: list[str] | None = None) -> int:
         print("labkit: interrupted", file=sys.stderr)
         return 130
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"labkit {args.command}: {message}", file=sys.stderr)
+        _say(args.command, e.args[0] if isinstance(e, KeyError) and e.args else e)
         return 2
+    except Exception as e:  # the last safety net: a bug, still one line (LABKIT_DEBUG=1: the traceback)
+        if os.environ.get("LABKIT_DEBUG", "").strip() not in ("", "0"):
+            raise
+        _say(args.command, f"internal error: {type(e).__name__}: {e} — this is a bug in labkit; set "
+                           "LABKIT_DEBUG=1 to see the traceback")
+        return 3
 
 
 if __name__ == "__main__":

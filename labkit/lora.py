@@ -22,14 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["BatchedLoRA", "fit_batched", "lora_delta", "lora_factors", "peft_config", "target_regex"]
+from labkit.safe_io import printable, read_bytes
+
+__all__ = ["BatchedLoRA", "fit_batched", "lora_delta", "lora_factors", "peft_config", "read_adapter_config",
+           "target_regex"]
+
+CONFIG_LIMIT = 1 << 20  # an adapter_config.json larger than 1 MiB is not one
 
 
 def target_regex(targets: Sequence[str]) -> str:
@@ -222,3 +229,24 @@ def lora_factors(adapter_state_dict: dict[str, torch.Tensor]) -> dict[str, tuple
 def lora_delta(A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
     """The weight update ``ΔW = scaling · B A``: ``A: [..., r, d_in]``, ``B: [..., d_out, r]`` → ``[..., d_out, d_in]``."""
     return scaling * (B @ A)
+
+
+def read_adapter_config(path: Path) -> dict:
+    """A peft ``adapter_config.json``: a JSON object with a positive integer ``r`` and a number ``lora_alpha``
+    (and ``alpha_pattern`` an object, if present); every error names the file."""
+    data = read_bytes(path, CONFIG_LIMIT, "adapter_config.json")
+    name = printable(path)
+    try:
+        config = json.loads(data)
+    except ValueError as e:  # invalid JSON or not UTF-8
+        raise ValueError(f"{name} is not valid JSON ({printable(e)}); restore the adapter's config") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{name} must be a JSON object (peft's adapter config), got a {type(config).__name__}")
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"{name}: 'r' (the LoRA rank) must be a positive integer, got {printable(repr(r))}")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        raise ValueError(f"{name}: 'lora_alpha' must be a number, got {printable(repr(alpha))}")
+    if not isinstance(config.get("alpha_pattern") or {}, dict):
+        raise ValueError(f"{name}: 'alpha_pattern' must be an object of module names and alphas")
+    return config

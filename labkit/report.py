@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.course import LABS, lab_of_stem
+from labkit.safe_io import printable, read_bytes
 
 __all__ = [
     "ReportError",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 METRICS_ENV = "LABKIT_METRICS"
+METRICS_LIMIT = 16 << 20  # a metrics.json larger than 16 MiB is not one
 
 
 class ReportError(RuntimeError):
@@ -134,14 +136,60 @@ def _fmt(x) -> str:
     return f"{x:.4g}"
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _metric_problem(key, m) -> str | None:
+    """What is wrong with one entry of a metrics file's ``metrics`` (None if nothing)."""
+    if not isinstance(m, dict):
+        return f"metric {key!r} is a {type(m).__name__}, not an object such as {{\"value\": 0.97, \"paper\": null}}"
+    for field_, ok in (("value", _is_number(m.get("value"))),
+                       ("paper", m.get("paper") is None or _is_number(m.get("paper"))),
+                       ("higher_is_better", m.get("higher_is_better") in (None, True, False)),
+                       ("note", isinstance(m.get("note", ""), str))):
+        if not ok:
+            want = {"value": "a finite number", "paper": "a finite number or null",
+                    "higher_is_better": "true, false or null", "note": "a string"}[field_]
+            return f"metric {key!r}: {field_} must be {want}, got {m.get(field_)!r}"
+    return None
+
+
+def _check_run(data, path: Path) -> dict:
+    """``data`` if it has the shape ``labkit.report.record`` writes; else a ``ReportError`` naming ``path``."""
+    where = printable(path)
+    fix = "re-run that notebook with `labkit run` (or delete the file)"
+    if not isinstance(data, dict):
+        raise ReportError(f"{where} holds a JSON {type(data).__name__}, not the object labkit writes "
+                          f"({{\"notebook\": …, \"metrics\": {{…}}}}); {fix}")
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise ReportError(f"{where}: 'metrics' is a {type(metrics).__name__}; it must map each metric name to an "
+                          f"object such as {{\"value\": 0.97, \"paper\": null}}; {fix}")
+    problem = next((p for p in (_metric_problem(k, m) for k, m in metrics.items()) if p), None)
+    if problem:
+        raise ReportError(f"{where}: {printable(problem)}; {fix}")
+    for key, ok in (("notebook", isinstance(data.get("notebook", ""), str)),
+                    ("exercises", isinstance(data.get("exercises", {}), dict)),
+                    ("seconds", data.get("seconds") is None or _is_number(data.get("seconds")))):
+        if not ok:
+            raise ReportError(f"{where}: '{key}' is {printable(repr(data[key]))[:60]}, not what labkit writes; {fix}")
+    return data
+
+
 def load_runs(runs_dir: Path) -> list[dict]:
-    """Every ``<stem>/metrics.json`` under ``runs_dir`` (one profile), in course order."""
+    """Every ``<stem>/metrics.json`` under ``runs_dir`` (one profile), in course order.
+
+    A file that is not JSON, or not the object ``record`` writes (``metrics`` mapping names to objects with a
+    finite ``value``), is a ``ReportError`` naming it."""
     runs = []
     for path in sorted(Path(runs_dir).glob("*/metrics.json")):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ReportError(f"cannot read {path}: {e}; re-run that notebook with `labkit run`") from None
+            data = json.loads(read_bytes(path, METRICS_LIMIT, "metrics.json"))
+        except (OSError, ValueError) as e:  # unreadable, not a regular file, too large, not JSON, not UTF-8
+            raise ReportError(f"cannot read {printable(path)}: {printable(e)}; re-run that notebook with "
+                              "`labkit run`") from None
+        data = _check_run(data, path)
         data.setdefault("notebook", path.parent.name)
         runs.append(data)
     order = {lab.stem: i for i, lab in enumerate(LABS.values())}
@@ -162,8 +210,9 @@ def _runs_table(runs: list[dict]) -> list[tuple[str, str, str, str, str]]:
     for run in runs:
         ex = run.get("exercises", {})
         passed = sum(1 for s in ex.values() if s == "passed")
+        seconds = run.get("seconds")
         out.append((run["notebook"], str(run.get("profile")), str(run.get("device")),
-                    f"{run.get('seconds', float('nan')):.1f}", f"{passed}/{len(ex)}" if ex else "–"))
+                    f"{seconds:.1f}" if seconds is not None else "–", f"{passed}/{len(ex)}" if ex else "–"))
     return out
 
 

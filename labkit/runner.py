@@ -3,19 +3,29 @@
 For each notebook: check it has a literals-only ``parameters`` cell, inject ``profile``, run it with
 ``$LABKIT_PROFILE`` and ``$LABKIT_METRICS`` set for the kernel, write ``runs/<P>/<stem>.ipynb`` and make sure
 ``runs/<P>/<stem>/metrics.json`` holds the wall time of the whole run.
+
+A failure is one line naming the notebook and the cell: an error in a cell (its exception), a cell that ran past
+the per-cell timeout, or a kernel that died (out of memory, a crash in native code, ``os._exit``). What the kernel
+process and the execution library print along the way (connection warnings, ZMQ tracebacks of a kernel shut down
+mid-cell, "Kernel died while waiting for execute reply") goes to ``runs/<P>/<stem>/kernel.log``, not the terminal.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.course import LABS
 from labkit.nbtools import NotebookError, parameter_values, read_notebook
 from labkit.report import write_json_atomic
+from labkit.safe_io import printable
 from labkit.session import resolve_profile
 
 __all__ = ["NotebookRun", "default_notebooks", "find_notebooks", "run_notebook"]
@@ -71,15 +81,97 @@ def _first_line(text) -> str:
     return str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
 
 
+def _cell_label(count, source, index: int | None = None) -> str:
+    """'cell In [7] (`f = fit(...)`)': the execution count (else the position) and the first source line."""
+    where = f"cell In [{count}]" if count is not None else f"cell {index + 1}" if index is not None else "a cell"
+    source = _first_line(source)
+    return where + (f" (`{printable(source[:60])}`)" if source else "")
+
+
 def _failure_line(exc, stem: str) -> str:
     """'04_dsire failed in cell In [7] (`f = fit(...)`): ValueError: ...' from papermill's exception."""
-    cell = getattr(exc, "exec_count", None)
-    where = f"cell In [{cell}]" if cell is not None else "a cell"
-    source = _first_line(getattr(exc, "source", ""))
-    if source:
-        where += f" (`{source[:60]}`)"
+    where = _cell_label(getattr(exc, "exec_count", None), getattr(exc, "source", ""))
     ename = getattr(exc, "ename", type(exc).__name__)
-    return f"{stem} failed in {where}: {ename}: {_first_line(getattr(exc, 'evalue', exc))}".rstrip()
+    evalue = printable(_first_line(getattr(exc, "evalue", exc)))
+    return f"{stem} failed in {where}: {printable(ename)}: {evalue}".rstrip()
+
+
+def _running_cell(output: Path) -> str:
+    """Where execution stopped: 'in cell In [7] (`...`)', the last code cell of the executed copy that papermill
+    started (its metadata holds a start time); 'before any cell ran'; 'in a cell' when the copy cannot tell."""
+    try:
+        cells = json.loads(output.read_text()).get("cells", [])
+        started = [(i, c) for i, c in enumerate(cells) if c.get("cell_type") == "code"
+                   and (c.get("metadata", {}).get("papermill") or {}).get("start_time")]
+    except (OSError, ValueError, AttributeError):
+        return "in a cell"
+    if not started:
+        return "before any cell ran"
+    i, cell = started[-1]
+    source = cell.get("source", "")
+    return "in " + _cell_label(cell.get("execution_count"), "".join(source) if isinstance(source, list) else source, i)
+
+
+def _interrupted_line(exc: Exception, stem: str, output: Path, timeout: float | None, log: Path) -> str | None:
+    """One line for a cell that timed out or a kernel that died (None for any other exception)."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    if isinstance(exc, CellTimeoutError):
+        if "IOPub" in str(exc):
+            why = "the kernel's output stream stalled (IOPub timeout)"
+        else:
+            found = re.search(r"after (\d+) seconds", str(exc))
+            seconds = f"{timeout:g}" if timeout is not None else found.group(1) if found else "?"
+            why = f"timed out after {seconds} s"
+        return (f"{stem} failed {_running_cell(output)}: {why}; make the cell faster or give a larger "
+                "--timeout")
+    if isinstance(exc, DeadKernelError):
+        return (f"{stem} failed {_running_cell(output)}: the kernel died (out of memory, a crash in native code "
+                f"or os._exit); its output is in {printable(log)}")
+    return None
+
+
+def _read_metrics(path: Path, stem: str) -> tuple[dict, str | None]:
+    """What the notebook recorded in ``path`` (``{}`` metrics if nothing), and a one-line problem if the file
+    is there but is not the JSON object ``labkit.report.record`` writes."""
+    fresh = {"notebook": stem, "metrics": {}}
+    if not path.is_file():
+        return fresh, None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return fresh, f"{stem} left {printable(path)} unreadable ({printable(e)}); its metrics are lost"
+    if not isinstance(data, dict):
+        return fresh, (f"{stem} left a JSON {type(data).__name__} in {printable(path)}, not the object "
+                       "labkit.report.record writes; its metrics are lost")
+    return data, None
+
+
+@contextmanager
+def _kernel_log(path: Path):
+    """Send the kernel process's stdout/stderr and the execution library's log records to ``path``; yields the
+    kernel manager class to hand to papermill (the same as nbclient's default, with its output redirected)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    logger = logging.getLogger("papermill")  # nbclient logs through papermill's logger
+    with open(path, "w") as log:
+
+        class _LoggedKernelManager(AsyncKernelManager):
+            async def start_kernel(self, **kw):  # the kernel inherits these file descriptors
+                kw.setdefault("stdout", log)
+                kw.setdefault("stderr", log)
+                return await super().start_kernel(**kw)
+
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s | %(message)s"))
+        propagate = logger.propagate
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            yield _LoggedKernelManager
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
 
 
 def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeout: float | None = None,
@@ -89,9 +181,14 @@ def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeo
 
     ``parameters``: further values for the notebook's parameters cell (e.g. ``{"data_source": "public"}``); each
     must be one the cell already sets (``NotebookError`` otherwise); ``profile`` is always the ``profile`` argument.
+    ``timeout``: seconds a cell may run (rounded up to whole seconds; None: no limit).
     """
     import papermill
 
+    if timeout is not None:
+        if not timeout > 0 or math.isinf(timeout):
+            raise ValueError(f"the per-cell timeout must be a positive number of seconds, got {timeout}")
+        timeout = math.ceil(timeout)  # the kernel client counts whole seconds
     profile = resolve_profile(profile)
     path = Path(path)
     nb = read_notebook(path)
@@ -115,16 +212,20 @@ def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeo
                   "MPLBACKEND": "module://matplotlib_inline.backend_inline"}  # figures into the notebook
     env_before = {k: os.environ.get(k) for k in kernel_env}
     os.environ.update(kernel_env)
+    log = metrics.parent / "kernel.log"
     error, t0 = None, time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(path), str(output), parameters={**extra, "profile": profile}, kernel_name=kernel_name,
-            cwd=str(cwd or path.parent), execution_timeout=timeout, progress_bar=False, log_output=False,
-        )
+        with _kernel_log(log) as kernel_manager_class:
+            papermill.execute_notebook(
+                str(path), str(output), parameters={**extra, "profile": profile}, kernel_name=kernel_name,
+                cwd=str(cwd or path.parent), execution_timeout=timeout, progress_bar=False, log_output=False,
+                kernel_manager_class=kernel_manager_class,
+            )
     except papermill.PapermillExecutionError as e:
         error = _failure_line(e, path.stem)
-    except Exception as e:  # kernel death, timeout: report as one line, keep going with other notebooks
-        error = f"{path.stem} failed: {type(e).__name__}: {_first_line(e)}"
+    except Exception as e:  # timeout, kernel death, kernel that never started: one line, go on with other notebooks
+        error = _interrupted_line(e, path.stem, output, timeout, log) or \
+            f"{path.stem} failed: {type(e).__name__}: {printable(_first_line(e))} (kernel output: {printable(log)})"
     finally:
         for k, v in env_before.items():
             if v is None:
@@ -132,7 +233,8 @@ def run_notebook(path: Path, profile: str, runs_root: Path = Path("runs"), timeo
             else:
                 os.environ[k] = v
     seconds = time.perf_counter() - t0
-    data = json.loads(metrics.read_text()) if metrics.is_file() else {"notebook": path.stem, "metrics": {}}
+    data, problem = _read_metrics(metrics, path.stem)
+    error = error or problem
     data.update(notebook=path.stem, profile=profile, seconds=round(seconds, 2), ok=error is None)
     data.setdefault("device", None)
     if error:

@@ -20,7 +20,6 @@ Every file is read with safetensors (``labkit.zoo.store.read_safetensors``); not
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labkit.lora import lora_factors
+from labkit.lora import lora_factors, read_adapter_config
 from labkit.methods.mother import kurtosis
+from labkit.safe_io import printable
 from labkit.zoo.store import ZooStore, read_safetensors
 
 __all__ = [
@@ -75,17 +75,22 @@ def _merge(base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], conf
     return out
 
 
-def merged_state(store: ZooStore, model_id: str, cache: dict | None = None) -> dict[str, torch.Tensor]:
-    """Full float64 weights of any model of ``store``; adapters are merged onto their (recursively merged) parent."""
+def merged_state(store: ZooStore, model_id: str, cache: dict | None = None,
+                 verify: bool = False) -> dict[str, torch.Tensor]:
+    """Full float64 weights of any model of ``store``; adapters are merged onto their (recursively merged) parent.
+
+    ``verify``: check each file read (the parents' too) against the sha256 the manifest records first
+    (``CorruptFileError`` if one differs) — for folders a user points the kit at; the course's own zoos are
+    checked when they are built."""
     cache = {} if cache is None else cache
     if model_id in cache:
         return cache[model_id]
     row = store.row(model_id)
     if row["kind"] == "adapter":
-        tensors, config = store.load_adapter_weights(model_id, verify=False)
-        state = _merge(merged_state(store, row["parent"], cache), tensors, config, model_id)
+        tensors, config = store.load_adapter_weights(model_id, verify=verify)
+        state = _merge(merged_state(store, row["parent"], cache, verify), tensors, config, model_id)
     else:
-        state = {k: v.double() for k, v in store.load_model(model_id, verify=False)[0].items()}
+        state = {k: v.double() for k, v in store.load_model(model_id, verify=verify)[0].items()}
     cache[model_id] = state
     return state
 
@@ -279,18 +284,18 @@ def load_folder(path: str | Path) -> tuple[list[str], list[dict[str, torch.Tenso
     """``(ids, float64 state dicts)`` of every model in ``path``; adapters merged onto their base.
 
     ``path`` is a ``ZooStore`` folder (``zoo.json`` + ``manifest.jsonl``; adapters merge onto the manifest's
-    parent) or a plain folder holding ``*.safetensors`` files (id = file stem), sub-folders with one
+    parent; every file is checked against the manifest's sha256 first) or a plain folder holding ``*.safetensors`` files (id = file stem), sub-folders with one
     ``*.safetensors`` file (id = folder name), and peft adapter sub-folders (``adapter_config.json`` +
     ``adapter_model.safetensors``) whose ``base_model_name_or_path`` names another model of the folder
     (its id, or the last part of a path / hub name).
     """
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"no such folder: {path}")
+        raise FileNotFoundError(f"no such folder: {printable(path)}")
     if _is_zoo(path):
         store = ZooStore(path)
         ids, cache = store.ids(), {}
-        return ids, [merged_state(store, i, cache) for i in ids]
+        return ids, [merged_state(store, i, cache, verify=True) for i in ids]
     full: dict[str, Path] = {}
     adapters: dict[str, tuple[Path, dict]] = {}
     for p in sorted(path.iterdir()):
@@ -301,7 +306,7 @@ def load_folder(path: str | Path) -> tuple[list[str], list[dict[str, torch.Tenso
             if not weights.is_file():
                 raise FileNotFoundError(f"adapter folder {p} has no adapter_model.safetensors "
                                         "(only safetensors adapters are read)")
-            adapters[p.name] = (weights, json.loads((p / "adapter_config.json").read_text()))
+            adapters[p.name] = (weights, read_adapter_config(p / "adapter_config.json"))
         elif p.is_dir():
             files = sorted(p.glob("*.safetensors"))
             if len(files) == 1:
@@ -344,6 +349,21 @@ def _group_by_architecture(ids: list[str], states: list[dict[str, torch.Tensor]]
     return list(groups.values())
 
 
+def _check_group(path: str | Path, members: list[str], layers: dict[str, torch.Tensor]) -> None:
+    """Refuse a group MoTHer cannot read a tree from: a weight holding NaN or inf (every distance to that model
+    would be NaN), or models that are all identical in every weight compared (every distance 0: any tree fits)."""
+    for name, W in layers.items():
+        bad = (~torch.isfinite(W)).flatten(1).any(1)
+        if bad.any():
+            model = members[int(bad.nonzero()[0])]
+            raise ValueError(f"model {printable(model)!r} in {printable(path)}: weight {printable(name)!r} holds NaN "
+                             "or inf; remove that model (a diverged fine-tune?) or fix its file")
+    if all(bool((W == W[:1]).all()) for W in layers.values()):
+        raise ValueError(f"the {len(members)} models like {printable(members[0])!r} in {printable(path)} are "
+                         f"identical in every weight MoTHer compares ({len(layers)} square layers): all distances are "
+                         "0, so no edge can be recovered; are these copies of one model?")
+
+
 def recover_folder(path: str | Path, regime: str = "ft", lam: float = 0.3, trees: Sequence[int] | None = None,
                    reverse: bool = False, ft_variant: str = "normalised") -> dict:
     """MoTHer on every model of a folder (see :func:`load_folder`); the result as a JSON-able dict.
@@ -376,6 +396,7 @@ def recover_folder(path: str | Path, regime: str = "ft", lam: float = 0.3, trees
             offset += 1
             continue
         layers = stack_layers([states[i] for i in g])
+        _check_group(path, members, layers)
         res = mother(layers, k, regime=regime, lam=lam, reverse=reverse, ft_variant=ft_variant)
         out["edges"] += [{"parent": members[p], "child": members[c]} for p, c in res.edges]
         out["roots"] += [members[r] for r in res.roots]

@@ -74,6 +74,81 @@ def test_zoo_verify_reports_a_corrupt_file(kit_home, tmp_path, capsys):
     store = ZooStore.open("demo", "smoke", {}, home=tmp_path)
     store.save_model("m0", {"w": torch.ones(3)})
     assert main(["zoo", "verify", str(store.root)]) == 0
-    (store.path("m0") / "model.safetensors").write_bytes(b"garbage")
+    path = store.path("m0") / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(b"garbage")
+    assert main(["zoo", "verify", str(store.root)]) == 1
+    assert "has 7 bytes, the manifest records" in capsys.readouterr().err
+    path.write_bytes(data[:-1] + b"\x01")
     assert main(["zoo", "verify", str(store.root)]) == 1
     assert "does not match its sha256" in capsys.readouterr().err
+
+
+def test_timeout_dead_kernel_and_bad_metrics_are_one_line_each(kit_home, tmp_path):
+    """A cell past --timeout and a kernel that dies are named by notebook and cell, with no library traceback
+    on the terminal (the kernel's own output goes to runs/<P>/<stem>/kernel.log)."""
+    make_notebook(tmp_path / "notebooks" / "90_sleep.ipynb", "x = 1", "import time\ntime.sleep(30)", "y = 2")
+    make_notebook(tmp_path / "notebooks" / "91_die.ipynb", "x = 1", "import os\nos._exit(1)", "y = 2")
+    make_notebook(tmp_path / "notebooks" / "92_list.ipynb",
+                  "import os\nopen(os.environ['LABKIT_METRICS'], 'w').write('[1, 2]')")
+    res = labkit_cli("run", "90_sleep", "91_die", "92_list", "--profile", "smoke", "--timeout", "2", cwd=tmp_path)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 4, res.stderr
+    assert lines[0].startswith("labkit run: 90_sleep failed in cell In [4] (`import time`): timed out after 2 s")
+    assert lines[1].startswith("labkit run: 91_die failed in cell In [4] (`import os`): the kernel died")
+    assert "runs/smoke/91_die/kernel.log" in lines[1]
+    assert lines[2].startswith("labkit run: 92_list left a JSON list in ") and "metrics.json" in lines[2]
+    assert lines[3] == "labkit run: 3 of 3 notebooks failed: 90_sleep, 91_die, 92_list"
+    assert "Kernel died" in (tmp_path / "runs" / "smoke" / "91_die" / "kernel.log").read_text()
+    metrics = json.loads((tmp_path / "runs" / "smoke" / "90_sleep" / "metrics.json").read_text())
+    assert metrics["ok"] is False and "timed out after 2 s" in metrics["error"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_timeout_must_be_a_positive_number(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--timeout", value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --timeout" in err and ("positive" in err or "not a number" in err)
+
+
+def test_unexpected_error_is_one_line_unless_debugging(monkeypatch, capsys):
+    from labkit import cli
+
+    def broken(args):
+        raise TypeError("unsupported operand\nsecond line \x1b[2J")
+
+    monkeypatch.setattr(cli, "_cmd_report", broken)
+    monkeypatch.delenv("LABKIT_DEBUG", raising=False)
+    assert main(["report"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err
+    assert err.startswith("labkit report: internal error: TypeError: unsupported operand\\nsecond line \\x1b[2J — "
+                          "this is a bug in labkit; set LABKIT_DEBUG=1 to see the traceback")
+    monkeypatch.setenv("LABKIT_DEBUG", "1")
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["report"])
+
+
+def test_expected_errors_are_printable_and_one_line(monkeypatch, capsys):
+    from labkit import cli
+
+    def bad_file(args):
+        raise FileNotFoundError("runs/\x1b]0;pwned\x07/metrics.json does not exist\nat all")
+
+    monkeypatch.setattr(cli, "_cmd_report", bad_file)
+    assert main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert err == "labkit report: runs/\\x1b]0;pwned\\x07/metrics.json does not exist\\nat all\n"
+
+
+def test_a_non_finite_result_is_refused_with_its_field(capsys):
+    from labkit.cli import _emit
+
+    with pytest.raises(ValueError, match=r"the result's dsire\.splits\[1\] is nan, not a number"):
+        _emit({"dsire": {"mae": 1.0, "splits": [0.5, float("nan")]}}, None)
+    assert capsys.readouterr().out == ""
+    _emit({"ok": 1.0, "none": None}, None)
+    assert json.loads(capsys.readouterr().out) == {"ok": 1.0, "none": None}

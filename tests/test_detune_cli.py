@@ -187,3 +187,60 @@ def test_console_script(tmp_path):
     out = json.loads(res.stdout)
     assert out["n_layers"] == 1 and out["w_error"] < -15
     assert (tmp_path / "recovered.safetensors").is_file()
+
+
+def _tiny_adapters(root: Path, configs: dict[str, object]) -> Path:
+    """``root/base.safetensors`` ([8, 6] fc.weight) and one peft adapter folder per entry of ``configs`` (the
+    text of its adapter_config.json, or a dict written as JSON)."""
+    g = torch.Generator().manual_seed(0)
+    save_file({"fc.weight": torch.randn(8, 6, generator=g)}, str(root / "base.safetensors"))
+    for name, config in configs.items():
+        folder = root / name
+        folder.mkdir()
+        save_file({"base_model.model.fc.lora_A.weight": torch.randn(1, 6, generator=g),
+                   "base_model.model.fc.lora_B.weight": torch.randn(8, 1, generator=g)},
+                  str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    return root / "base.safetensors"
+
+
+GOOD_CONFIG = {"r": 1, "lora_alpha": 2, "peft_type": "LORA"}
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"r": 1, "lora_alpha": ', "is not valid JSON"),
+    ("[1, 2]", "must be a JSON object (peft's adapter config), got a list"),
+    ({"lora_alpha": 2}, "'r' (the LoRA rank) must be a positive integer, got None"),
+    ({"r": 1}, "'lora_alpha' must be a number, got None"),
+    ({"r": "one", "lora_alpha": 2}, "'r' (the LoRA rank) must be a positive integer, got 'one'"),
+    ({"r": 1, "lora_alpha": "2"}, "'lora_alpha' must be a number, got '2'"),
+    ({"r": 1, "lora_alpha": 2, "alpha_pattern": [1]}, "'alpha_pattern' must be an object"),
+])
+def test_a_broken_adapter_config_is_named(config, message, tmp_path, capsys):
+    base = _tiny_adapters(tmp_path, {"good": GOOD_CONFIG, "bad": config})
+    code, _, err = detune("--checkpoints", tmp_path / "good", tmp_path / "bad", "--base", base, "--iters", 3,
+                          "--device", "cpu", "--out", tmp_path / "out", capsys=capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith(f"labkit detune: {tmp_path / 'bad' / 'adapter_config.json'}"), err
+    assert message in last, last
+
+
+def test_tiny_adapters_run_and_non_finite_inputs_are_named(tmp_path, capsys):
+    base = _tiny_adapters(tmp_path, {"a1": GOOD_CONFIG, "a2": GOOD_CONFIG})
+    code, res, err = detune("--checkpoints", tmp_path / "a1", tmp_path / "a2", "--base", base, "--iters", 3,
+                            "--device", "cpu", "--out", tmp_path / "out", capsys=capsys)
+    assert code == 0 and res["n_layers"] == 1 and res["end_rank"] == 1, err
+    # a NaN in the base would score every layer as converged (log10 of a NaN MSE): refused, naming file and tensor
+    a, b = tmp_path / "m1.safetensors", tmp_path / "m2.safetensors"
+    save_file({"w": torch.randn(8, 6)}, str(a))
+    save_file({"w": torch.randn(8, 6)}, str(b))
+    save_file({"w": torch.full((8, 6), float("nan"))}, str(tmp_path / "nan_base.safetensors"))
+    code, _, err = detune("--checkpoints", a, b, "--base", tmp_path / "nan_base.safetensors", "--rank", 2, "--iters", 3,
+                          "--device", "cpu", "--out", tmp_path / "out", capsys=capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "weight 'w' of " in last and "nan_base.safetensors contains NaN or inf" in last, err
+    save_file({"w": torch.randn(8, 6).index_fill_(0, torch.tensor([2]), float("inf"))}, str(b))
+    code, _, err = detune("--checkpoints", a, b, "--rank", 2, "--iters", 3, "--device", "cpu", "--out",
+                          tmp_path / "out", capsys=capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith(f"labkit detune: weight 'w' of {b} contains NaN or inf"), err

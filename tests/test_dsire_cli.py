@@ -136,3 +136,25 @@ def test_wrong_rank_of_an_unsuffixed_config_is_named(tmp_path, capsys):
     assert code == 2 and "not divisible by rank 7" in err.splitlines()[-1]
     code, res, err = run("--lora-wise", tmp_path, "--config", "mine", "--rank", 8, "--n-train-sets", 1, capsys=capsys)
     assert code == 0 and res["dsire"]["accuracy_mean"] == 100.0 and res["paper"] is None
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("folder", "is a folder, not a regular set-order file"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not UTF-8 text"),
+    (b"backpack\x00wooden_pot\n", "is a binary file"),
+    ("\n  \n", "holds no set names"),
+    ("backpack\nwooden_pots\n", "must list every set name of low_8 once, one a line (2 names, e.g. backpack, "
+                                "wooden_pot); missing e.g. wooden_pot; not in the config e.g. wooden_pots"),
+    ("backpack\nwooden_pot\nbackpack\n", "listed twice e.g. backpack"),
+])
+def test_set_order_errors_name_the_file(content, message, tmp_path, capsys):
+    order = tmp_path / "my\x1b[31morder.txt"
+    if content == "folder":
+        order.mkdir()
+    elif content is not None:
+        order.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, _, err = run("--lora-wise", FIX, "--config", "low_8", "--n-train-sets", 1, "--splits", 2,
+                       "--set-order", order, capsys=capsys)
+    assert code == 2 and err.startswith("labkit dsire: ") and err.count("\n") == 1, err
+    assert "my\\x1b[31morder.txt" in err and "\x1b" not in err and message in err, err

@@ -257,3 +257,50 @@ def test_tree_explorer_callbacks_update_state():
     assert ex.state == {"tree": "t1", **trees.recover_view(cases["t1"], 0.0, True)} | {"parents": ex.state["parents"]}
     with pytest.raises(ValueError, match="at least one tree"):
         TreeExplorer({})
+
+
+def test_recover_refuses_identical_and_non_finite_models(tmp_path, capsys):
+    same = tiny_tree()["root"]
+    for name in ("a", "b", "c"):
+        save_safetensors(tmp_path / f"{name}.safetensors", {k: v.float() for k, v in same.items()})
+    code, _, err = recover(tmp_path, capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the 3 models like 'a'" in err and "identical in every weight MoTHer compares" in err
+    assert "no edge can be recovered" in err
+    broken = {k: v.float() for k, v in tiny_tree()["c1"].items()}
+    broken["b.weight"][1, 2] = float("nan")
+    save_safetensors(tmp_path / "c.safetensors", broken)
+    code, _, err = recover(tmp_path, capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "model 'c' in " in err and "weight 'b.weight' holds NaN or inf" in err
+
+
+def test_recover_checks_a_zoo_against_its_manifest(tmp_path, capsys):
+    store = ZooStore.open("tiny", "smoke", {"n": 2}, home=tmp_path)
+    for name, state in tiny_tree().items():
+        store.save_model(name, state, {"tree": "A", "parent": TRUE[name], "training": "full"})
+    code, _, err = recover(store.root, "--regime", "lora", "--reverse", capsys=capsys)
+    assert code == 0, err
+    # same shapes, same size, other numbers: readable, so only the manifest's sha256 can tell
+    file = store.path("c2") / "model.safetensors"
+    save_safetensors(file, {k: v + 1.0 for k, v in tiny_tree()["c2"].items()})
+    code, _, err = recover(store.root, "--regime", "lora", "--reverse", capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("labkit trees: ") and "c2" in err and "sha256" in err, err
+
+
+@pytest.mark.parametrize("config, message", [
+    ("{not json", "is not valid JSON"),
+    ('["r", 1]', "must be a JSON object"),
+    ('{"lora_alpha": 1, "base_model_name_or_path": "a"}', "'r' (the LoRA rank) must be a positive integer"),
+])
+def test_recover_names_a_broken_adapter_config(config, message, tmp_path, capsys):
+    save_safetensors(tmp_path / "a.safetensors", {"w": torch.randn(4, 4)})
+    (tmp_path / "ad").mkdir()
+    save_safetensors(tmp_path / "ad" / "adapter_model.safetensors",
+                     {"base_model.model.w.lora_A.weight": torch.ones(1, 4),
+                      "base_model.model.w.lora_B.weight": torch.ones(4, 1)})
+    (tmp_path / "ad" / "adapter_config.json").write_text(config)
+    code, _, err = recover(tmp_path, capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"labkit trees: {tmp_path / 'ad' / 'adapter_config.json'}") and message in err, err

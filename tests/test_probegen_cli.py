@@ -207,3 +207,27 @@ def test_wrong_layout(data, tmp_path, capsys):
     torch.save({"seq.0.weight": torch.zeros(16, 2)}, bad)
     rc, _, err = _run(["--inr", str(inr / "fmnist_inrs"), "--epochs", "1"], capsys)
     assert rc == 2 and err.strip().count("\n") == 0 and "not a DWSNets SIREN" in err
+
+
+def test_equal_test_accuracies_are_refused_not_reported_as_nan(data, tmp_path, capsys):
+    """Kendall's τ is undefined when every test network has one accuracy: one line naming metrics.csv.gz."""
+    gs = tmp_path / "gs"
+    shutil.copytree(data / "small-zoo-cifar10", gs)
+    with gzip.open(gs / "metrics.csv.gz", "rt") as f:
+        rows = list(csv.reader(f))
+    with gzip.open(gs / "metrics.csv.gz", "wt", newline="") as f:
+        csv.writer(f).writerows([rows[0], *([r[0], "0.5", *r[2:]] for r in rows[1:])])
+    rc, stdout, err = _run(["--cnn-zoo", str(gs), "--probes", "4", "--epochs", "1", "--device", "cpu"], capsys)
+    assert rc == 2 and stdout == "" and err.strip().count("\n") == 0, err
+    assert err.startswith(f"labkit probegen: {gs / 'metrics.csv.gz'}: every one of the 7 val networks has the "
+                          "same test accuracy (0.5), so Kendall's τ is undefined"), err
+
+
+def test_a_nan_score_is_refused():
+    from labkit.replicate.probegen import _check_scores
+
+    with pytest.raises(RuntimeError, match="predicts the same accuracy for every network, so Kendall's τ is undefined"):
+        _check_scores("cifar10-gs", pg.ProbeGenRun(model=None, best_val=0.4, best_step=1, test=float("nan")))
+    with pytest.raises(RuntimeError, match="the validation kendall tau is -inf"):
+        _check_scores("cifar10-gs", pg.ProbeGenRun(model=None, best_val=float("-inf"), best_step=1, test=0.3))
+    _check_scores("cifar10-gs", pg.ProbeGenRun(model=None, best_val=0.4, best_step=1, test=0.3))

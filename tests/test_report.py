@@ -66,3 +66,29 @@ def test_report_on_corrupt_metrics_file(tmp_path):
     path.write_text('{"metrics": ')
     with pytest.raises(ReportError, match="cannot read .*metrics.json"):
         write_report(tmp_path, "smoke")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "holds a JSON list, not the object labkit writes"),
+    ("3.5", "holds a JSON float, not the object labkit writes"),
+    ('{"metrics": [1, 2]}', "'metrics' is a list; it must map each metric name to an object"),
+    ('{"metrics": {"a": 1.0}}', "metric 'a' is a float, not an object"),
+    ('{"metrics": {"a": {"value": "high"}}}', "metric 'a': value must be a finite number, got 'high'"),
+    ('{"metrics": {"a": {"value": NaN}}}', "metric 'a': value must be a finite number, got nan"),
+    ('{"metrics": {"a": {"value": 1, "higher_is_better": []}}}', "higher_is_better must be true, false or null"),
+    ('{"metrics": {}, "seconds": "slow"}', "'seconds' is 'slow', not what labkit writes"),
+    (b"\xff\xfe{", "cannot read"),
+])
+def test_report_names_a_malformed_metrics_file(tmp_path, monkeypatch, capsys, content, message):
+    from labkit.cli import main
+
+    path = tmp_path / "runs" / "smoke" / "\x1b[2J04_dsire" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ReportError, match="metrics.json"):
+        load_runs(tmp_path / "runs" / "smoke")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err, err
+    assert err.startswith("labkit report: ") and "\\x1b[2J04_dsire/metrics.json" in err and message in err, err

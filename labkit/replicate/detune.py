@@ -41,6 +41,7 @@ import torch
 
 from labkit.methods.spectral_detuning import final_loss, layer_mse, spectral_detuning_layers
 from labkit.replicate import command_device
+from labkit.safe_io import printable, regular_file, utf8_path
 
 __all__ = ["SUBSET_DEFAULTS", "default_lora_ids", "detune_checkpoints", "detune_lowra"]
 
@@ -91,6 +92,13 @@ def _check_layer(name: str, merged: torch.Tensor, end_rank: int) -> None:
                          f"[{d_out}, {d_in}]; pass a smaller --rank / --end-rank")
     if not torch.isfinite(merged).all():
         raise ValueError(f"layer {name} contains NaN or inf; check the weights")
+
+
+def _check_reference(name: str, W_P: torch.Tensor | None, source: str) -> None:
+    """The pre-fine-tuning weight a layer is scored against must be finite (a NaN would score as "converged")."""
+    if W_P is not None and not torch.isfinite(W_P).all():
+        raise ValueError(f"the pre-fine-tuning weight {name!r} of {source} contains NaN or inf; W-Error against it "
+                         "would be meaningless")
 
 
 def _batches(layers: Iterable[_Layer], budget_bytes: int) -> Iterator[list[_Layer]]:
@@ -297,6 +305,7 @@ def detune_lowra(
                 merged = layer.merged().to(dev, torch.float32)
                 rank = int(end_rank) if end_rank is not None else int(layer.rank.max())
                 _check_layer(name, merged, rank)
+                _check_reference(name, layer.W_pre, f"LoWRA {subset} under {printable(root)}")
                 clock["load"] += time.perf_counter() - t0
                 bar.update(1)
                 yield _Layer(name, merged, layer.W_pre.to(dev, torch.float32), rank, layer.index)
@@ -319,15 +328,16 @@ class _Weights:
         from safetensors import SafetensorError, safe_open
 
         self.path = path
+        name = utf8_path(path)
         try:
-            self._file = safe_open(str(path), framework="pt")
+            self._file = safe_open(name, framework="pt")
             self.shapes = {}
             for key in self._file.keys():
                 sl = self._file.get_slice(key)
                 if len(sl.get_shape()) == 2 and sl.get_dtype() in ("F64", "F32", "F16", "BF16"):
                     self.shapes[key] = tuple(sl.get_shape())
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+            raise ValueError(f"{printable(path)} is not a readable safetensors file ({printable(e)})") from None
         self.adapted: set[str] | None = None  # a merged checkpoint: any key may differ
         self.rank: int | None = None
 
@@ -339,33 +349,37 @@ class _MergedAdapter:
     """A peft LoRA adapter folder merged onto a base: ``W = W_base + scaling · B A`` for every adapted layer."""
 
     def __init__(self, folder: Path, base: _Weights):
-        from labkit.lora import lora_factors
+        from labkit.lora import lora_factors, read_adapter_config
         from labkit.zoo.store import read_safetensors
 
-        config = json.loads((folder / "adapter_config.json").read_text())
+        config = read_adapter_config(folder / "adapter_config.json")
         if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
-            raise ValueError(f"{folder}: only plain LoRA adapters can be merged (peft_type "
+            raise ValueError(f"{printable(folder)}: only plain LoRA adapters can be merged (peft_type "
                              f"{config.get('peft_type')!r}, use_dora={config.get('use_dora')})")
         if config.get("fan_in_fan_out"):
-            raise ValueError(f"{folder}: fan_in_fan_out adapters (GPT-2 Conv1D) are not supported")
+            raise ValueError(f"{printable(folder)}: fan_in_fan_out adapters (GPT-2 Conv1D) are not supported")
         weights = folder / "adapter_model.safetensors"
         if not weights.is_file():
-            raise FileNotFoundError(f"{folder} has adapter_config.json but no adapter_model.safetensors")
+            raise FileNotFoundError(f"{printable(folder)} has adapter_config.json but no adapter_model.safetensors")
         tensors, _ = read_safetensors(weights)
         self.path, self.base, self.shapes = folder, base, base.shapes
         self.delta: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
         for module, (A, B) in lora_factors(tensors).items():
             key = f"{module}.weight"
             if A.ndim != 2:
-                raise ValueError(f"{folder}: layer {module} is not a linear LoRA (A has shape {list(A.shape)})")
+                raise ValueError(f"{printable(folder)}: layer {module} is not a linear LoRA (A has shape "
+                                 f"{list(A.shape)})")
             if key not in base.shapes:
-                raise ValueError(f"{folder} adapts {module!r} but the base has no 2-D weight {key!r}")
+                raise ValueError(f"{printable(folder)} adapts {module!r} but the base has no 2-D weight {key!r}")
             if base.shapes[key] != (B.shape[0], A.shape[1]):
-                raise ValueError(f"{folder}: LoRA on {module} gives [{B.shape[0]}, {A.shape[1]}] but the base weight "
-                                 f"is {list(base.shapes[key])}")
+                raise ValueError(f"{printable(folder)}: LoRA on {module} gives [{B.shape[0]}, {A.shape[1]}] but the "
+                                 f"base weight is {list(base.shapes[key])}")
             r = A.shape[0]
             alpha = next((v for k, v in (config.get("alpha_pattern") or {}).items() if module.endswith(k)),
                          config["lora_alpha"])
+            if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+                raise ValueError(f"{printable(folder / 'adapter_config.json')}: the alpha of {module} is {alpha!r}, "
+                                 "not a number")
             scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
             self.delta[key] = (A.to(torch.float32), B.to(torch.float32), float(scaling))
         self.adapted = set(self.delta)
@@ -380,22 +394,23 @@ class _MergedAdapter:
 
 
 def _weights_file(path: Path, what: str) -> Path:
-    if path.is_file():
-        return path
+    if path.exists() and not path.is_dir():
+        return regular_file(path, f"{what} file")
     if path.is_dir() and (path / "model.safetensors").is_file():
         return path / "model.safetensors"
     if path.is_dir() and (path / "model.safetensors.index.json").is_file():
-        raise ValueError(f"{what} {path} is sharded (model.safetensors.index.json); merge its shards into one "
-                         "safetensors file first")
+        raise ValueError(f"{what} {printable(path)} is sharded (model.safetensors.index.json); merge its shards into "
+                         "one safetensors file first")
     if not path.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    raise FileNotFoundError(f"{what} {path} holds no model.safetensors or adapter_config.json")
+        raise FileNotFoundError(f"{what} {printable(path)} does not exist")
+    raise FileNotFoundError(f"{what} {printable(path)} holds no model.safetensors or adapter_config.json")
 
 
 def _open_checkpoint(path: Path, base: _Weights | None):
     if path.is_dir() and (path / "adapter_config.json").is_file():
         if base is None:
-            raise ValueError(f"{path} is a peft adapter; pass --base (the model it was trained on) to merge it")
+            raise ValueError(f"{printable(path)} is a peft adapter; pass --base (the model it was trained on) to "
+                             "merge it")
         return _MergedAdapter(path, base)
     return _Weights(_weights_file(path, "checkpoint"))
 
@@ -467,10 +482,12 @@ def detune_checkpoints(
                     continue
                 for p, m in zip(paths, mats):
                     if not torch.isfinite(m).all():
-                        raise ValueError(f"weight {key!r} of {p} contains NaN or inf")
+                        raise ValueError(f"weight {key!r} of {printable(p)} contains NaN or inf; that checkpoint is "
+                                         "broken (a diverged fine-tune?) and cannot be used")
                 merged = torch.stack(mats).to(dev)
                 _check_layer(key, merged, end_rank)
                 W_P = base_w.get(key).to(dev) if base_w is not None and key in base_w.shapes else None
+                _check_reference(key, W_P, printable(base))
                 clock["load"] += time.perf_counter() - t0
                 yield _Layer(key, merged, W_P, end_rank, index)
 

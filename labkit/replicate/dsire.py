@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 from labkit.methods import dsire
+from labkit.safe_io import printable, read_bytes
 
-__all__ = ["PAPER", "LoraWiseFeatures", "dsire_lora_wise", "read_lora_wise", "voter_key"]
+__all__ = ["PAPER", "LoraWiseFeatures", "dsire_lora_wise", "read_lora_wise", "read_set_order", "voter_key"]
 
 _T2 = "Table 2 (SD 1.5, rank 32)"
 # spec §5: {config: (source, DSiRe, Frobenius-NN or None)}, each metric as (mean, std); accuracy and MAPE in %
@@ -138,6 +139,9 @@ def read_lora_wise(root: str | Path, config: str, rank: int | None = None, keep:
         for name, key in keys.items():
             t1 = time.perf_counter()
             A, B = data.layer(key)  # [N, r, d_in], [N, d_out, r] float64: the only columns read
+            if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+                raise ValueError(f"LoRA-WiSE {config} under {printable(root)}: layer {key} holds NaN or inf "
+                                 "weights; download the config again (DSiRe's singular values would be NaN)")
             t2 = time.perf_counter()
             layer_voters = dsire.dsire_features({name: A}, {name: B})
             voters.update(layer_voters)
@@ -153,12 +157,39 @@ def read_lora_wise(root: str | Path, config: str, rank: int | None = None, keep:
                             dsire.official_order(voters), frob, factors, seconds)
 
 
-def _check_sets(sets: list, set_order: Sequence | None, n_train_sets: int) -> list:
+SET_ORDER_LIMIT = 1 << 20  # a list of set names; a larger file is not one
+
+
+def read_set_order(path: str | Path) -> list:
+    """The set names of a ``--set-order`` file, one a line (blank lines skipped; a name of digits becomes an
+    int, as the medium and high configs name their sets 1..50). Errors name the file: missing, not a regular
+    file, over 1 MiB, not UTF-8 text, or no names."""
+    data = read_bytes(path, SET_ORDER_LIMIT, "set-order file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--set-order {printable(path)} is not UTF-8 text; give a text file with one set name "
+                         "a line") from None
+    if "\x00" in text:
+        raise ValueError(f"--set-order {printable(path)} is a binary file; give a text file with one set name "
+                         "a line")
+    names = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not names:
+        raise ValueError(f"--set-order {printable(path)} holds no set names; give one set name a line")
+    return [int(x) if x.lstrip("-").isdigit() else x for x in names]
+
+
+def _check_sets(sets: list, set_order: Sequence | None, n_train_sets: int, source: str = "--set-order",
+                config: str = "the config") -> list:
     names = sorted(set(sets), key=lambda s: (isinstance(s, str), s)) if set_order is None else list(set_order)
     if set_order is not None and (set(names) != set(sets) or len(names) != len(set(names))):
-        missing = sorted(map(str, set(sets) - set(names)))[:3]
-        raise ValueError(f"--set-order must list every set name of the config once ({len(set(sets))} names; "
-                         f"missing e.g. {missing})")
+        missing = sorted(map(str, set(sets) - set(names)))
+        unknown = sorted(map(str, set(names) - set(sets)))
+        repeated = sorted({str(n) for n in names if names.count(n) > 1})
+        what = "; ".join(f"{label} e.g. {printable(', '.join(group[:3]))}" for label, group in
+                         (("missing", missing), ("not in the config", unknown), ("listed twice", repeated)) if group)
+        raise ValueError(f"{source} must list every set name of {config} once, one a line ({len(set(sets))} names, "
+                         f"e.g. {printable(', '.join(map(str, sorted(set(sets), key=str)[:3])))}); {what}")
     if not 0 < n_train_sets < len(names):
         raise ValueError(f"--n-train-sets {n_train_sets} leaves no test sets: the config has {len(names)} "
                          f"personalisation sets (need 1 ≤ n-train-sets ≤ {len(names) - 1})")
@@ -167,18 +198,20 @@ def _check_sets(sets: list, set_order: Sequence | None, n_train_sets: int) -> li
 
 def dsire_lora_wise(root: str | Path, config: str, *, rank: int | None = None, repeats: int = 10,
                     n_train_sets: int = 15, seed: int = 42, set_order: Sequence | None = None,
-                    progress: bool = True) -> dict:
+                    set_order_file: str | Path | None = None, progress: bool = True) -> dict:
     """DSiRe and Frobenius-NN on a LoRA-WiSE config with the paper's protocol; a JSON-ready result dict.
 
     Keys: config, root, rank, n_models, n_layers, n_voters, n_sets, n_train_sets, repeats, seed, sizes (the
     classes), set_order, dsire and frobenius_nn (``dsire.evaluate``'s dict: ``<metric>_mean``, ``<metric>_std``,
     per-split lists and the train sets of each split), paper (spec §5 or None), seconds, notes.
+    ``set_order_file``: the file ``set_order`` was read from (``read_set_order``), named by its errors.
     """
     t0 = time.perf_counter()
     if repeats < 1:
         raise ValueError(f"--splits must be positive, got {repeats}")
     data = _open(root, config, rank)
-    names = _check_sets(list(data.names), set_order, n_train_sets)  # before reading any matrix
+    source = f"--set-order {printable(set_order_file)}" if set_order_file is not None else "set_order"
+    names = _check_sets(list(data.names), set_order, n_train_sets, source, config)  # before reading any matrix
     feats = read_lora_wise(root, config, rank, progress=progress, opened=data)
     t1 = time.perf_counter()
     ours = dsire.evaluate(feats.voters, feats.sizes, feats.sets, n_train_sets, repeats, seed, set_order=names)

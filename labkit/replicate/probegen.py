@@ -23,22 +23,20 @@ the baselines the spec does verify (NFN on the INR zoos, NFN / NG-GNN / NG-T on 
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import itertools
 import json
+import math
 import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
 from labkit.methods import probegen as pg
 from labkit.replicate import command_device
+from labkit.safe_io import printable
 
 __all__ = ["DEFAULTS", "METHODS", "REFERENCE", "SmallCNN", "cifar10_gs_networks", "inr_networks",
            "probegen_cifar10_gs", "probegen_inr", "to_device", "train_method"]
@@ -158,21 +156,12 @@ def _gs_template(params: dict[str, torch.Tensor], activation: str) -> tuple[Smal
 
 def _gs_activations(folder: Path, split_file: Path | None) -> dict[str, list[str]]:
     """``config.activation`` of each split's rows, in the order ``load_cifar10_gs`` returns them."""
-    from labkit.benchmarks.probegen_zoos import cifar10_gs_splits
+    from labkit.benchmarks.probegen_zoos import cifar10_gs_metrics
 
-    path = folder / "metrics.csv.gz"
-    try:
-        rows = list(csv.DictReader(io.StringIO(gzip.decompress(path.read_bytes()).decode())))
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise BenchmarkFormatError(f"{path}: cannot read it ({e}); download it again") from None
-    if not rows or "config.activation" not in rows[0] or "step" not in rows[0]:
-        raise BenchmarkFormatError(f"{path}: needs the columns step and config.activation")
-    steps = np.array([int(float(r["step"])) for r in rows])
-    order = None
-    if split_file is not None:
-        order = np.array([int(float(t)) for t in split_file.read_text().split()], dtype=np.int64)
-    return {split: [rows[i]["config.activation"] for i in idx]
-            for split, idx in cifar10_gs_splits(steps, order).items()}
+    metrics, splits = cifar10_gs_metrics(folder, split_file)
+    if "config.activation" not in metrics[0]:
+        raise BenchmarkFormatError(f"{printable(folder / 'metrics.csv.gz')}: needs the column config.activation")
+    return {split: [metrics[i]["config.activation"] for i in idx] for split, idx in splits.items()}
 
 
 def cifar10_gs_networks(folder: str | Path, split_file: str | Path | None = None
@@ -184,10 +173,10 @@ def cifar10_gs_networks(folder: str | Path, split_file: str | Path | None = None
     if not folder.is_dir():
         raise _missing(folder, "CIFAR10-GS folder", GS_SOURCE)
     for name in ("weights.npy", "metrics.csv.gz", "layout.csv"):
-        if not (folder / name).is_file():
+        if not (folder / name).exists():
             raise _missing(folder / name, f"CIFAR10-GS {name}", GS_SOURCE)
     split_file = Path(split_file) if split_file is not None else _gs_split_file(folder)
-    if split_file is not None and not split_file.is_file():
+    if split_file is not None and not split_file.exists():
         raise _missing(split_file, "CIFAR10-GS split file", GS_SOURCE)
     activations = _gs_activations(folder, split_file)
     out = {}
@@ -249,6 +238,33 @@ def train_method(task: str, splits: dict, method: str = "probegen", *, n_probes:
     return run, settings
 
 
+def _check_targets(task: str, splits: dict, folder: Path) -> None:
+    """Kendall's τ needs targets that differ: refuse a split whose networks all have one test accuracy (τ is
+    undefined there: NaN), or whose accuracies hold NaN or inf, before any training."""
+    if pg.TASKS[task].metric != "kendall_tau":
+        return
+    for split in ("val", "test"):
+        y = splits[split][1]
+        if not torch.isfinite(y).all():
+            raise ValueError(f"{printable(folder / 'metrics.csv.gz')}: {int((~torch.isfinite(y)).sum())} {split} "
+                             "networks have a NaN or infinite test accuracy; download the zoo again")
+        if len(y) > 1 and bool((y == y[0]).all()):
+            raise ValueError(f"{printable(folder / 'metrics.csv.gz')}: every one of the {len(y)} {split} networks has "
+                             f"the same test accuracy ({float(y[0]):g}), so Kendall's τ is undefined (NaN) on that "
+                             "split; check its test_accuracy column and the split file")
+
+
+def _check_scores(task: str, run: pg.ProbeGenRun) -> None:
+    """Refuse a run whose test or best validation score is not a number (τ of constant predictions is NaN)."""
+    metric = pg.TASKS[task].metric
+    for name, score in (("test", run.test), ("validation", run.best_val)):
+        if score is None or not math.isfinite(score):
+            why = ("the trained model predicts the same accuracy for every network, so Kendall's τ is undefined"
+                   if metric == "kendall_tau" else "the score is not a number")
+            raise RuntimeError(f"the {name} {metric.replace('_', ' ')} is {score}: {why}; train longer (--epochs), "
+                               "with more probes (--probes) or another --seed")
+
+
 def _result(task: str, dataset: str, splits: dict, run: pg.ProbeGenRun, settings: dict, source: dict,
             dev: torch.device, seconds: dict) -> dict:
     metric = pg.TASKS[task].metric
@@ -267,7 +283,8 @@ def _inr_dataset(folder: Path) -> str:
 
 
 def _run(task: str, dataset: str, load, source, method: str, n_probes: int | None,
-         epochs: int | None, gen_depth: int | None, device: str | None, seed: int, what: str) -> dict:
+         epochs: int | None, gen_depth: int | None, device: str | None, seed: int, what: str,
+         folder: Path) -> dict:
     """Load a zoo with ``load()`` → splits, train ``method`` on it, and return the command's result dict (with
     ``source()``, called once the zoo has loaded: where its files came from)."""
     if method not in METHODS:
@@ -275,9 +292,11 @@ def _run(task: str, dataset: str, load, source, method: str, n_probes: int | Non
     t0 = time.perf_counter()
     dev = command_device(device)
     splits = to_device(load(), dev)
+    _check_targets(task, splits, folder)
     t1 = time.perf_counter()
     run, settings = train_method(task, splits, method, n_probes=n_probes, epochs=epochs, gen_depth=gen_depth,
                                  seed=seed, progress=f"ProbeGen ({method}) on {what}")
+    _check_scores(task, run)
     t2 = time.perf_counter()
     return _result(task, dataset, splits, run, settings, source(), dev,
                    {"load": round(t1 - t0, 3), "train": round(t2 - t1, 3), "total": round(t2 - t0, 3)})
@@ -290,7 +309,7 @@ def probegen_inr(folder: str | Path, split_json: str | Path | None = None, *, me
     folder = Path(folder).expanduser()
     return _run("inr", _inr_dataset(folder), lambda: inr_networks(folder, split_json),
                 lambda: {"inr": str(folder), "split_json": str(split_json or _inr_split_json(folder))}, method,
-                n_probes, epochs, gen_depth, device, seed, folder.name)
+                n_probes, epochs, gen_depth, device, seed, folder.name, folder)
 
 
 def probegen_cifar10_gs(folder: str | Path, split_file: str | Path | None = None, *, method: str = "probegen",
@@ -301,4 +320,4 @@ def probegen_cifar10_gs(folder: str | Path, split_file: str | Path | None = None
     found = split_file or _gs_split_file(folder)
     return _run("cifar10-gs", "cifar10-gs", lambda: cifar10_gs_networks(folder, split_file),
                 lambda: {"cnn_zoo": str(folder), "split_file": str(found) if found else None}, method,
-                n_probes, epochs, gen_depth, device, seed, "CIFAR10-GS")
+                n_probes, epochs, gen_depth, device, seed, "CIFAR10-GS", folder)
