@@ -165,6 +165,14 @@ def _manifest_lines(store: ZooStore) -> list[str]:
     return store.manifest_path.read_text().splitlines(keepends=True)
 
 
+def _zoo_with_line_2(tmp: Path, line: str) -> ZooStore:
+    """A complete zoo whose manifest's second row is replaced by ``line``."""
+    store = _zoo(tmp)
+    lines = _manifest_lines(store)
+    store.manifest_path.write_text(lines[0] + line + "".join(lines[2:]))
+    return store
+
+
 def _runs(tmp: Path, content: str) -> list[str]:
     """A runs folder whose one metrics.json holds ``content``; the report command on it."""
     path = tmp / "runs" / "smoke" / "04_dsire" / "metrics.json"
@@ -346,10 +354,7 @@ def metrics_json_is_a_bare_number(tmp):
 
 @case("schema", 2, "manifest.jsonl: line 2 is a JSON list")
 def zoo_manifest_line_is_a_list(tmp):
-    store = _zoo(tmp)
-    lines = _manifest_lines(store)
-    store.manifest_path.write_text(lines[0] + "[1, 2]\n" + "".join(lines[1:]))
-    return ["zoo", "verify", str(store.root)]
+    return ["zoo", "verify", str(_zoo_with_line_2(tmp, "[1, 2]\n").root)]
 
 
 @case("schema", 2, "zoo.json")
@@ -531,18 +536,12 @@ def zoo_manifest_last_line_torn(tmp):
 
 @case("torn", 2, "line 2 is not valid JSON")
 def zoo_manifest_middle_line_broken(tmp):
-    store = _zoo(tmp)
-    lines = _manifest_lines(store)
-    store.manifest_path.write_text(lines[0] + '{"id": "m1", "ki\n' + "".join(lines[2:]))
-    return ["zoo", "verify", str(store.root)]
+    return ["zoo", "verify", str(_zoo_with_line_2(tmp, '{"id": "m1", "ki\n').root)]
 
 
 @case("torn", 2, "line 2 is not valid JSON")
 def inspect_a_zoo_with_a_broken_middle_line(tmp):
-    store = _zoo(tmp)
-    lines = _manifest_lines(store)
-    store.manifest_path.write_text(lines[0] + "oops\n" + "".join(lines[2:]))
-    return ["inspect", str(store.root)]
+    return ["inspect", str(_zoo_with_line_2(tmp, "oops\n").root)]
 
 
 @case("torn", 1, "4 model folders are not in the manifest")
@@ -554,10 +553,7 @@ def zoo_manifest_missing(tmp):
 
 @case("torn", 2, "nothing was changed")
 def trees_recover_on_a_zoo_with_a_broken_line(tmp):
-    store = _zoo(tmp)
-    lines = _manifest_lines(store)
-    store.manifest_path.write_text(lines[0] + "[]\n" + "".join(lines[2:]))
-    return ["trees", "recover", str(store.root)]
+    return ["trees", "recover", str(_zoo_with_line_2(tmp, "[]\n").root)]
 
 
 # ------------------------------------------------------------------------------------------------ odd names
@@ -679,9 +675,7 @@ def test_the_matrix_covers_every_class():
 
 
 def test_zoo_repair_rebuilds_a_broken_manifest_and_deletes_nothing(tmp_path, capsys):
-    store = _zoo(tmp_path)
-    lines = _manifest_lines(store)
-    store.manifest_path.write_text(lines[0] + "oops\n" + "".join(lines[2:]))
+    store = _zoo_with_line_2(tmp_path, "oops\n")
     folders = sorted(p.name for p in store.models_dir.iterdir())
     assert main(["zoo", "repair", str(store.root)]) == 0
     out = capsys.readouterr().out
