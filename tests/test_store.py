@@ -147,13 +147,16 @@ def test_opening_a_store_never_changes_anything(store):
     assert _snapshot(store.root) == before
 
 
-def test_a_build_repairs_only_its_own_leftovers(store):
+def test_a_build_repairs_only_its_own_leftovers(store, caplog):
     _interrupted(store)
     (store.models_dir / "m6").mkdir()  # a folder whose row.json does not match its files: removed
     (store.models_dir / "m6" / "row.json").write_text(store.manifest_path.read_text().splitlines()[0]
                                                       .replace('"m0"', '"m6"'))
     with ZooStore(store.root).lock() as s:
         assert s.ids() == ["m0", "m1", "m2"]  # m2 listed again from its row.json
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "cut the half-written last manifest line", "removed m6 (its files do not match its row.json)",
+        "listed m2 again (its files match its row.json)"]
     assert sorted(p.name for p in store.models_dir.iterdir()) == ["m0", "m1", "m2", "m4"]
     assert store.manifest_path.read_text().count("\n") == 3 and ZooStore(store.root).verify_all() == [
         "1 model folders are not in the manifest (m4); `labkit zoo repair "

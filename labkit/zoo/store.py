@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -57,6 +58,7 @@ __all__ = [
     "zoo_key",
 ]
 
+_log = logging.getLogger("labkit.zoo")
 MODEL_FILE = "model.safetensors"
 ROW_FILE = "row.json"  # each model folder's own copy of its manifest row
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -425,7 +427,7 @@ class ZooStore:
         _write_bytes(tmp, "".join(_row_line(r) for r in rows).encode())
         os.replace(tmp, self.manifest_path)
 
-    def _repair(self) -> list[str]:
+    def _repair(self) -> None:
         """Put the store back into a state a build can continue from; call only while holding ``lock()``.
 
         What it may remove is the builders' own: ``.tmp-*`` folders (no other builder runs while we hold the
@@ -433,7 +435,8 @@ class ZooStore:
         the manifest does not list is listed again if its ``row.json`` and files check out (the build was killed
         between moving it into place and appending its row), removed if its ``row.json`` does not match its
         files, and otherwise left alone. A manifest line that cannot be read stops the build with a ``ZooError``
-        (``repair_manifest`` rebuilds the manifest); nothing is removed because of it. Returns what was done."""
+        (``repair_manifest`` rebuilds the manifest); nothing is removed because of it. Each repair is logged as a
+        warning (``labkit.zoo`` logger), so the person whose build mends a zoo sees what was mended."""
         manifest = self._reload()
         done = []
         if self._torn:
@@ -463,7 +466,8 @@ class ZooStore:
             self._rows = {r["id"]: r for r in rows}
             done += [f"removed {i} (files fail their sha256; it will be rebuilt)" for i in broken]
             done += [f"listed {r['id']} again (its files match its row.json)" for r in adopted]
-        return done
+        for line in done:
+            _log.warning("%s: %s", printable(self.root.name), line)
 
     @classmethod
     def repair_manifest(cls, root: str | Path) -> dict:
