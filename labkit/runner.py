@@ -81,9 +81,9 @@ def _first_line(text) -> str:
     return str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
 
 
-def _cell_label(count, source, index: int | None = None) -> str:
-    """'cell In [7] (`f = fit(...)`)': the execution count (else the position) and the first source line."""
-    where = f"cell In [{count}]" if count is not None else f"cell {index + 1}" if index is not None else "a cell"
+def _cell_label(count, source) -> str:
+    """'cell In [7] (`f = fit(...)`)': the execution count and the first source line."""
+    where = f"cell In [{count}]" if count is not None else "a cell"
     source = _first_line(source)
     return where + (f" (`{printable(source[:60])}`)" if source else "")
 
@@ -98,18 +98,20 @@ def _failure_line(exc, stem: str) -> str:
 
 def _running_cell(output: Path) -> str:
     """Where execution stopped: 'in cell In [7] (`...`)', the last code cell of the executed copy that papermill
-    started (its metadata holds a start time); 'before any cell ran'; 'in a cell' when the copy cannot tell."""
+    started (its metadata holds a start time); 'before any cell ran'; 'in a cell' when the copy cannot tell.
+    A fresh kernel runs the code cells in order, so cell k's count is k even when the kernel died before the
+    copy recorded it."""
     try:
-        cells = json.loads(output.read_text()).get("cells", [])
-        started = [(i, c) for i, c in enumerate(cells) if c.get("cell_type") == "code"
-                   and (c.get("metadata", {}).get("papermill") or {}).get("start_time")]
+        code = [c for c in json.loads(output.read_text()).get("cells", []) if c.get("cell_type") == "code"]
+        started = [(k, c) for k, c in enumerate(code, 1)
+                   if (c.get("metadata", {}).get("papermill") or {}).get("start_time")]
     except (OSError, ValueError, AttributeError):
         return "in a cell"
     if not started:
         return "before any cell ran"
-    i, cell = started[-1]
+    k, cell = started[-1]
     source = cell.get("source", "")
-    return "in " + _cell_label(cell.get("execution_count"), "".join(source) if isinstance(source, list) else source, i)
+    return "in " + _cell_label(cell.get("execution_count") or k, "".join(source) if isinstance(source, list) else source)
 
 
 def _interrupted_line(exc: Exception, stem: str, output: Path, timeout: float | None, log: Path) -> str | None:
