@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from labkit.safe_io import printable, read_bytes
+from labkit.safe_io import printable, read_json
 
 __all__ = ["BatchedLoRA", "fit_batched", "lora_delta", "lora_factors", "peft_config", "read_adapter_config",
            "target_regex"]
@@ -234,12 +233,8 @@ def lora_delta(A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor
 def read_adapter_config(path: Path) -> dict:
     """A peft ``adapter_config.json``: a JSON object with a positive integer ``r`` and a number ``lora_alpha``
     (and ``alpha_pattern`` an object, if present); every error names the file."""
-    data = read_bytes(path, CONFIG_LIMIT, "adapter_config.json")
+    config = read_json(path, CONFIG_LIMIT, "adapter_config.json")
     name = printable(path)
-    try:
-        config = json.loads(data)
-    except ValueError as e:  # invalid JSON or not UTF-8
-        raise ValueError(f"{name} is not valid JSON ({printable(e)}); restore the adapter's config") from None
     if not isinstance(config, dict):
         raise ValueError(f"{name} must be a JSON object (peft's adapter config), got a {type(config).__name__}")
     r, alpha = config.get("r"), config.get("lora_alpha")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.course import LABS, lab_of_stem
-from labkit.safe_io import printable, read_bytes
+from labkit.safe_io import printable, read_json
 
 __all__ = [
     "ReportError",
@@ -185,7 +185,7 @@ def load_runs(runs_dir: Path) -> list[dict]:
     runs = []
     for path in sorted(Path(runs_dir).glob("*/metrics.json")):
         try:
-            data = json.loads(read_bytes(path, METRICS_LIMIT, "metrics.json"))
+            data = read_json(path, METRICS_LIMIT, "metrics.json")
         except (OSError, ValueError) as e:  # unreadable, not a regular file, too large, not JSON, not UTF-8
             raise ReportError(f"cannot read {printable(path)}: {printable(e)}; re-run that notebook with "
                               "`labkit run`") from None

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from labkit.course import LABS
 from labkit.nbtools import NotebookError, parameter_values, read_notebook
-from labkit.report import write_json_atomic
-from labkit.safe_io import printable
+from labkit.report import METRICS_LIMIT, write_json_atomic
+from labkit.safe_io import printable, read_json
 from labkit.session import resolve_profile
 
 __all__ = ["NotebookRun", "default_notebooks", "find_notebooks", "run_notebook"]
@@ -140,7 +140,7 @@ def _read_metrics(path: Path, stem: str) -> tuple[dict, str | None]:
     if not path.is_file():
         return fresh, None
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, METRICS_LIMIT, "metrics.json")
     except (OSError, ValueError) as e:
         return fresh, f"{stem} left {printable(path)} unreadable ({printable(e)}); its metrics are lost"
     if not isinstance(data, dict):

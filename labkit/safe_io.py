@@ -6,6 +6,7 @@ Every loader and command that opens a file it did not write goes through these f
     regular_file(path)              # the path (symlinks followed) if it is a regular file; a FIFO, a device
                                     # (/dev/zero), a socket or a folder is refused before anything is opened
     read_bytes(path, limit)         # its bytes, refused if the file holds more than ``limit``
+    read_json(path, limit)          # its JSON value; not UTF-8, not JSON or nested past the parser's depth refused
     inside(root, relative)          # root / relative resolved; refused if it leaves root (``..``, absolute,
                                     # a symlink out of the dataset)
     printable(text)                 # control characters and undecodable bytes escaped (\\x1b, \\udcff)
@@ -16,11 +17,12 @@ Errors are ``UnsafeInputError`` (a ``ValueError``) with one line saying what is 
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
 
-__all__ = ["UnsafeInputError", "inside", "printable", "read_bytes", "regular_file", "utf8_path"]
+__all__ = ["UnsafeInputError", "inside", "printable", "read_bytes", "read_json", "regular_file", "utf8_path"]
 
 
 class UnsafeInputError(ValueError):
@@ -69,6 +71,18 @@ def read_bytes(path: str | os.PathLike, limit: int, what: str = "file") -> bytes
     if len(data) > limit:  # grew while we read it
         raise UnsafeInputError(f"{printable(path)}: more than {limit:,} bytes; it is not the file labkit expects")
     return data
+
+
+def read_json(path: str | os.PathLike, limit: int, what: str = "JSON file",
+              error: type[ValueError] = UnsafeInputError) -> object:
+    """The JSON value in the regular file ``path`` (at most ``limit`` bytes); ``error`` (a loader's own
+    ``ValueError`` class) naming the file if it is not UTF-8 JSON, including JSON nested deeper than the parser
+    can follow (``[[[[…`` 100,000 deep)."""
+    data = read_bytes(path, limit, what)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise error(f"{printable(path)}: not valid JSON ({printable(e)[:100]})") from None
 
 
 def inside(root: str | os.PathLike, relative: str | os.PathLike, what: str = "path") -> Path:

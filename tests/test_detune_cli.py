@@ -208,7 +208,7 @@ GOOD_CONFIG = {"r": 1, "lora_alpha": 2, "peft_type": "LORA"}
 
 
 @pytest.mark.parametrize("config, message", [
-    ('{"r": 1, "lora_alpha": ', "is not valid JSON"),
+    ('{"r": 1, "lora_alpha": ', "adapter_config.json: not valid JSON"),
     ("[1, 2]", "must be a JSON object (peft's adapter config), got a list"),
     ({"lora_alpha": 2}, "'r' (the LoRA rank) must be a positive integer, got None"),
     ({"r": 1}, "'lora_alpha' must be a number, got None"),

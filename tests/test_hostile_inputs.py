@@ -285,6 +285,21 @@ def json_nested_100000_deep(tmp):
     return ["inspect", str(path)]
 
 
+@case("bomb", 2, "metrics.json: not valid JSON")
+def metrics_json_nested_100000_deep(tmp):
+    return _runs(tmp, "[" * 100_000 + "]" * 100_000)
+
+
+@case("bomb", 2, "adapter_config.json: not valid JSON")
+def adapter_config_nested_100000_deep(tmp):
+    folder = tmp / "models" / "ad"
+    _safetensors(tmp / "models" / "base.safetensors", {"fc.weight": torch.randn(4, 4)})
+    _safetensors(folder / "adapter_model.safetensors", {"base_model.model.fc.lora_A.weight": torch.zeros(2, 4),
+                                                        "base_model.model.fc.lora_B.weight": torch.zeros(4, 2)})
+    (folder / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    return ["trees", "recover", str(tmp / "models")]
+
+
 # ------------------------------------------------------------------------------------------------ truncated
 
 
@@ -671,7 +686,7 @@ def test_the_matrix_covers_every_class():
     classes = {c.klass for c in CASES}
     assert classes == {"malicious", "bomb", "truncated", "schema", "rank", "nonfinite", "empty", "nonregular",
                        "torn", "names", "args"}
-    assert len(CASES) >= 45
+    assert len(CASES) >= 58
 
 
 def test_zoo_repair_rebuilds_a_broken_manifest_and_deletes_nothing(tmp_path, capsys):

@@ -290,7 +290,7 @@ def test_recover_checks_a_zoo_against_its_manifest(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("config, message", [
-    ("{not json", "is not valid JSON"),
+    ("{not json", "adapter_config.json: not valid JSON"),
     ('["r", 1]', "must be a JSON object"),
     ('{"lora_alpha": 1, "base_model_name_or_path": "a"}', "'r' (the LoRA rank) must be a positive integer"),
 ])

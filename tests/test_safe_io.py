@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from labkit.safe_io import UnsafeInputError, inside, printable, read_bytes, regular_file, utf8_path
+from labkit.safe_io import UnsafeInputError, inside, printable, read_bytes, read_json, regular_file, utf8_path
 
 
 def test_regular_file_refuses_fifo_device_folder_and_missing(tmp_path):
@@ -30,6 +30,20 @@ def test_read_bytes_bounds_the_size_before_reading(tmp_path):
     assert read_bytes(f, 100) == b"x" * 100
     with pytest.raises(UnsafeInputError, match="100 bytes, more than the 99"):
         read_bytes(f, 99)
+
+
+def test_read_json_names_the_file_for_bad_utf8_invalid_and_too_deep_json(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text('{"a": [1, 2]}')
+    assert read_json(f, 100) == {"a": [1, 2]}
+    for content in (b"{oops", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000):
+        f.write_bytes(content)
+        with pytest.raises(UnsafeInputError, match=r"c.json: not valid JSON"):
+            read_json(f, 1 << 20)
+    with pytest.raises(KeyError, match="c.json: not valid JSON"):
+        read_json(f, 1 << 20, error=KeyError)
+    with pytest.raises(UnsafeInputError, match="more than the 10"):
+        read_json(f, 10)
 
 
 def test_inside_keeps_paths_in_the_dataset(tmp_path):

@@ -18,14 +18,13 @@ Public API: ``inspect_path(path) -> dict`` (keys ``path``, ``format``, ``tensors
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from labkit.benchmarks import BenchmarkFormatError
-from labkit.safe_io import printable, read_bytes, regular_file
+from labkit.safe_io import printable, read_json, regular_file
 
 __all__ = ["format_report", "inspect_path"]
 
@@ -38,15 +37,6 @@ _MAX_JSON = 64 << 20  # a JSON file labkit inspects (configs, split files): 64 M
 def _info(path: Path, fmt: str, **kw) -> dict:
     return {"path": str(path), "format": fmt, "tensors": [], "metadata": {}, "lora_ranks": {}, "notes": [],
             "problems": [], **kw}
-
-
-def _json(path: Path, what: str):
-    """A JSON file's content, bounded in size; one-line ``BenchmarkFormatError`` naming the file otherwise."""
-    data = read_bytes(path, _MAX_JSON, what)
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise BenchmarkFormatError(f"{printable(path)}: not valid JSON ({printable(e)[:100]})") from None
 
 
 def _lora_ranks(tensors: list[dict]) -> dict[str, int]:
@@ -168,7 +158,7 @@ def _folder(path: Path) -> dict:
             info["metadata"].update({f"{shown['id']} {k}": v for k, v in first["metadata"].items()})
         return info
     if (path / "adapter_config.json").is_file():
-        cfg = _json(path / "adapter_config.json", "adapter_config.json")
+        cfg = read_json(path / "adapter_config.json", _MAX_JSON, "adapter_config.json", BenchmarkFormatError)
         if not isinstance(cfg, dict):
             raise BenchmarkFormatError(f"{printable(path / 'adapter_config.json')}: must be a JSON object, got a "
                                        f"{type(cfg).__name__}")
@@ -231,7 +221,7 @@ def inspect_path(path: str | Path) -> dict:
                                        "need pickle") from None
         return _info(path, "numpy array", tensors=[{"name": path.stem, "dtype": str(arr.dtype), "shape": list(arr.shape)}])
     if suffix == ".json":
-        data = _json(path, "JSON file")
+        data = read_json(path, _MAX_JSON, "JSON file", BenchmarkFormatError)
         info = _info(path, "json")
         info["notes"].append(f"top-level keys: {list(data)[:12]}" if isinstance(data, dict) else type(data).__name__)
         return info

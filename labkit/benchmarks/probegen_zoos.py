@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 import math
 import random
 import re
@@ -43,7 +42,7 @@ import torch
 
 from labkit.benchmarks import BenchmarkFormatError, require
 from labkit.benchmarks.safe_pickle import NUMPY, OMEGACONF, restricted_load, to_plain
-from labkit.safe_io import inside, printable, read_bytes, regular_file
+from labkit.safe_io import inside, printable, read_bytes, read_json, regular_file
 
 __all__ = ["INR_SHAPES", "WildPark", "cifar10_gs_metrics", "cifar10_gs_splits", "load_cifar10_gs", "load_inr_zoo", "load_wild_park",
            "stack_params"]
@@ -76,12 +75,10 @@ def _split_json(path: Path, split: str, fields: tuple[str, ...]) -> dict[str, li
     """The ``fields`` lists of ``split`` in a split JSON (read with a size bound; errors name the file)."""
     path = require(path, "split file", None)
     where = printable(path)
+    data = read_json(path, MAX_JSON_BYTES, "split file", BenchmarkFormatError)
     try:
-        data = json.loads(read_bytes(path, MAX_JSON_BYTES, "split file").decode("utf-8"))
         entry = data[split]
         out = {f: entry[f] for f in fields}
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BenchmarkFormatError(f"{where}: not valid JSON ({printable(e)[:80]}); the file is truncated") from None
     except (KeyError, TypeError, IndexError):
         raise BenchmarkFormatError(f"{where}: no {split!r} entry with fields {list(fields)}; expected "
                                    f'{{"{split}": {{{", ".join(repr(f) for f in fields)}: [...]}}}}') from None

@@ -24,7 +24,6 @@ the baselines the spec does verify (NFN on the INR zoos, NFN / NG-GNN / NG-T on 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 import time
@@ -34,9 +33,10 @@ import torch
 from torch import nn
 
 from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
+from labkit.benchmarks.probegen_zoos import MAX_JSON_BYTES
 from labkit.methods import probegen as pg
 from labkit.replicate import command_device
-from labkit.safe_io import printable
+from labkit.safe_io import printable, read_json
 
 __all__ = ["DEFAULTS", "METHODS", "REFERENCE", "SmallCNN", "cifar10_gs_networks", "inr_networks",
            "probegen_cifar10_gs", "probegen_inr", "to_device", "train_method"]
@@ -111,8 +111,8 @@ def inr_networks(folder: str | Path, split_json: str | Path | None = None
     if not split_json.is_file():
         raise _missing(split_json, "INR split JSON", INR_SOURCE)
     try:
-        first = json.loads(split_json.read_text())["train"]["path"][0]
-    except (KeyError, IndexError, TypeError, ValueError):
+        first = read_json(split_json, MAX_JSON_BYTES, "split file")["train"]["path"][0]
+    except (KeyError, IndexError, TypeError):  # the loader below names what is wrong with the file
         first = ""
     # split paths look like "fmnist_inrs/train/model_1.pth": relative to the folder that holds the zoo
     root = folder.parent if Path(first).parts[:1] == (folder.name,) else folder

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from labkit.safe_io import printable, read_bytes, regular_file, utf8_path
+from labkit.safe_io import printable, read_bytes, read_json, regular_file, utf8_path
 
 __all__ = [
     "CorruptFileError",
@@ -212,8 +212,8 @@ def _read_manifest(path: Path) -> _Manifest:
 def _read_json(path: Path, what: str, limit: int = 16 << 20) -> dict:
     """A small JSON object file of the store (zoo.json, COMPLETE, row.json); one-line ``ZooError`` otherwise."""
     try:
-        data = json.loads(read_bytes(path, limit, what))
-    except (OSError, ValueError, RecursionError) as e:
+        data = read_json(path, limit, what)
+    except (OSError, ValueError) as e:
         raise ZooError(f"{printable(path)}: not a readable {what} ({printable(e)[:100]}); restore it or rebuild "
                        "the zoo") from None
     if not isinstance(data, dict):
