@@ -180,8 +180,13 @@ def read_header(path: Path) -> tuple[dict[str, tuple[str, list[int]]], dict[str,
 def read_tensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
     """The tensors ``names`` of a safetensors file, reading only their bytes (``KeyError`` for a missing name)."""
     entries, _, start = _header(path)
+    return _tensors(path, entries, start, names)
+
+
+def _tensors(path: Path, entries: dict[str, _Entry], start: int, names: list[str]) -> dict[str, torch.Tensor]:
+    """``read_tensors`` with the header already parsed (``_header``)."""
     out = {}
-    with open(regular_file(path, "safetensors file"), "rb") as f:
+    with open(path, "rb") as f:
         for name in names:
             e = entries[name]
             dtype = _ST_DTYPES.get(e.dtype)
@@ -348,9 +353,9 @@ class ModelJSubset:
 
     def _matrix(self, path: Path, name: str) -> torch.Tensor:
         """Layer ``name`` of one model file as a float32 matrix (``up @ down`` for a LoRA module name)."""
-        keys = read_header(path)[0]
+        keys, _, start = _header(path)  # parsed once per file, then only the wanted tensors are read
         if self.kind == "lora" and name + DOWN in keys:
-            t = read_tensors(path, [name + UP, name + DOWN])
+            t = _tensors(path, keys, start, [name + UP, name + DOWN])
             try:
                 return t[name + UP].float() @ t[name + DOWN].float()
             except RuntimeError:
@@ -359,7 +364,7 @@ class ModelJSubset:
                     from None
         if name not in keys:
             raise KeyError(f"{printable(path)} has no tensor {name!r}; see .layer_names()")
-        return _as_matrix(read_tensors(path, [name])[name].float())
+        return _as_matrix(_tensors(path, keys, start, [name])[name].float())
 
     def layer(self, split: str, name: str, classes: list[str] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
