@@ -234,6 +234,8 @@ def test_to_plain_refuses_a_config_that_contains_itself():
     cfg.__dict__["_content"] = {"self": cfg}
     with pytest.raises(UnsafePickleError, match="nested deeper than 100"):
         to_plain(cfg)
+    with pytest.raises(UnsafePickleError, match=r"^ckpt.pt: a config nested deeper than 100"):
+        to_plain(cfg, "ckpt.pt")
 
 
 def test_vthr_errors_are_one_line_naming_the_file(tmp_path, monkeypatch):

@@ -103,10 +103,7 @@ def _pickled(path: Path) -> dict:
     if isinstance(obj, dict):
         info["notes"].append(f"top-level keys: {list(obj)[:12]}")
         if "config" in obj:
-            try:
-                info["metadata"]["config"] = to_plain(obj["config"])
-            except BenchmarkFormatError as e:
-                raise BenchmarkFormatError(f"{printable(path)}: {e}") from None
+            info["metadata"]["config"] = to_plain(obj["config"], str(path))
         if "label" in obj and isinstance(obj["label"], int):
             info["metadata"]["label"] = obj["label"]
     return info

@@ -317,10 +317,7 @@ def _wild_checkpoint(p: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if bad:
         raise BenchmarkFormatError(f"{printable(p)}: model entry {printable(bad[0])[:60]!r} is not a tensor; not a "
                                    "Wild Park checkpoint")
-    try:
-        config = to_plain(ckpt["config"])
-    except BenchmarkFormatError as e:
-        raise BenchmarkFormatError(f"{printable(p)}: {e}") from None
+    config = to_plain(ckpt["config"], str(p))
     return {k: v.float() for k, v in model.items()}, config
 
 

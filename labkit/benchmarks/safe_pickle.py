@@ -29,7 +29,7 @@ Public API::
     stub("model_graph", "ModelGraph")     # a state-holding stand-in class
     BASIC, TENSORS, OMEGACONF, NUMPY      # ready allow-lists: plain containers; torch tensors; OmegaConf configs;
                                           # numpy numbers/arrays of non-object dtypes
-    to_plain(obj)                         # OmegaConf stubs → dicts/lists/values; other stubs → their __dict__
+    to_plain(obj, where)                  # OmegaConf stubs → dicts/lists/values; other stubs → their __dict__
     UnsafePickleError                     # a BenchmarkFormatError (ValueError)
 """
 
@@ -294,28 +294,33 @@ OMEGACONF: dict[str, Any] = {k: stub(*k.rsplit(".", 1)) for k in _OMEGA_CLASSES}
 OMEGACONF.update({"typing.Any": Any, "collections.defaultdict": _empty_dict})
 
 
-def to_plain(obj: Any, _depth: int = 0) -> Any:
+def to_plain(obj: Any, where: str = "pickle") -> Any:
     """Replace OmegaConf stubs by plain dicts, lists and values (recursively); other stubs by their state.
-    A structure nested deeper than ``MAX_DEPTH`` (or one that contains itself) raises ``UnsafePickleError``."""
-    if _depth > MAX_DEPTH:
-        raise UnsafePickleError(f"a config nested deeper than {MAX_DEPTH} levels (or containing itself); this is "
-                                "not a config labkit reads")
-    d = _depth + 1
+    A structure nested deeper than ``MAX_DEPTH`` (or one that contains itself) raises ``UnsafePickleError``
+    naming ``where`` (the file it came from)."""
+    return _plain(obj, 0, where)
+
+
+def _plain(obj: Any, depth: int, where: str) -> Any:
+    if depth > MAX_DEPTH:
+        raise UnsafePickleError(f"{printable(where)}: a config nested deeper than {MAX_DEPTH} levels (or containing "
+                                "itself); this is not a config labkit reads")
+    d = depth + 1
     if isinstance(obj, Stub):
         kind = type(obj).__qualname__
         if kind == "DictConfig":
             content = obj.__dict__.get("_content")
-            return {k: to_plain(v, d) for k, v in content.items()} if isinstance(content, dict) else content
+            return {k: _plain(v, d, where) for k, v in content.items()} if isinstance(content, dict) else content
         if kind == "ListConfig":
             content = obj.__dict__.get("_content")
-            return [to_plain(v, d) for v in content] if isinstance(content, list) else content
+            return [_plain(v, d, where) for v in content] if isinstance(content, list) else content
         if kind.endswith("Node") and type(obj).__module__ == "omegaconf.nodes":
-            return to_plain(obj.__dict__.get("_val"), d)
+            return _plain(obj.__dict__.get("_val"), d, where)
         return {k: v for k, v in obj.__dict__.items() if k != "_args"}
     if isinstance(obj, dict):
-        return {k: to_plain(v, d) for k, v in obj.items()}
+        return {k: _plain(v, d, where) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_plain(v, d) for v in obj)
+        return type(obj)(_plain(v, d, where) for v in obj)
     return obj
 
 
