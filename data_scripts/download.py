@@ -11,7 +11,7 @@ continue). Afterwards every expected file is checked — present, with the size 
 opened with its labkit loader. ``--dry-run`` prints what would be fetched and its size from the hub API and
 downloads nothing except the small dataset card it needs to find the files.
 
-Layouts written (what the loaders in ``labkit/benchmarks`` read):
+Layouts written (what the loaders in ``labkit/datasets`` read):
 
 * LoWRA Bench → ``<dest>/README.md`` + ``<dest>/<subset>/train-*.parquet`` (``open_lowra(dest, subset)``)
 * LoRA-WiSE   → ``<dest>/README.md`` + ``<dest>/low/16/train-*.parquet`` … (``open_lora_wise(dest, config)``)
@@ -134,21 +134,21 @@ def download(kind: str, subset: str, dest: Path, dry_run: bool = False, splits: 
     if kind == "lowra":
         _fetch(REPOS[kind], "dataset", allow_patterns(kind, subset), dest, dry_run)
         if not dry_run:
-            from labkit.benchmarks.lowra import open_lowra
+            from labkit.datasets.lowra import open_lowra
 
             print(open_lowra(dest, subset))
     elif kind == "lora-wise":
         card = _card(REPOS[kind], dest)
         _fetch(REPOS[kind], "dataset", allow_patterns(kind, subset, card), dest, dry_run)
         if not dry_run:
-            from labkit.benchmarks.lora_wise import open_lora_wise
+            from labkit.datasets.lora_wise import open_lora_wise
 
             print(open_lora_wise(dest, subset))
     elif subset.startswith("SD"):
         _fetch(f"ProbeX/Model-J__{subset}", "model", allow_patterns(kind, subset, splits=splits, images=images),
                dest / subset, dry_run)
         if not dry_run:
-            from labkit.benchmarks.model_j import open_model_j
+            from labkit.datasets.model_j import open_model_j
 
             print(open_model_j(dest, subset))
     else:
@@ -185,7 +185,7 @@ def _discriminative(subset: str, dest: Path, dry_run: bool, splits: list[str] | 
             snapshot_download(repo, cache_dir=dest / subset / split, allow_patterns=allow_patterns("model-j", subset))
     print(f"{subset}: {total} models, about {_gb(total * (first_size or 0))} (from the first model's size)")
     if not dry_run:
-        from labkit.benchmarks.model_j import open_model_j
+        from labkit.datasets.model_j import open_model_j
 
         mj = open_model_j(dest, subset)
         print(mj, {s: len(mj.models(s)) for s in mj.splits})

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "setup"]
 
 _SUBMODULES = {"course", "data", "diffusion", "exercises", "models", "nbtools", "plots", "report", "runner", "session",
-               "spectra", "text", "train", "trees", "widgets", "zoo", "methods", "benchmarks", "lora"}
+               "spectra", "text", "train", "trees", "widgets", "zoo", "methods", "datasets", "lora"}
 
 
 def setup(*args, **kwargs):

@@ -170,7 +170,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from labkit.benchmarks.inspect import format_report, inspect_path
+    from labkit.datasets.inspection import format_report, inspect_path
 
     info = inspect_path(args.path)
     print(json.dumps(info, indent=1, default=str) if args.json else format_report(info, None if args.all else 40))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit.benchmarks.lora_wise import open_lora_wise
+from labkit.datasets.lora_wise import open_lora_wise
 from labkit.cli import main
 from labkit.lora import lora_factors
 from labkit.methods import dsire

@@ -1,4 +1,4 @@
-"""labkit.zoo.export: mini-jungle zoos in the public formats, read back with labkit.benchmarks' loaders."""
+"""labkit.zoo.export: mini-jungle zoos in the public formats, read back with labkit.datasets' loaders."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
-from labkit.benchmarks.lora_wise import open_lora_wise
-from labkit.benchmarks.lowra import open_lowra
-from labkit.benchmarks.model_j import open_model_j
+from labkit.datasets.lora_wise import open_lora_wise
+from labkit.datasets.lowra import open_lowra
+from labkit.datasets.model_j import open_model_j
 from labkit.cli import main
 from labkit.lora import lora_factors
 from labkit.text import minilm_path

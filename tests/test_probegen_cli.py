@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.benchmarks.probegen_zoos import load_cifar10_gs, load_inr_zoo
+from labkit.datasets.probegen_zoos import load_cifar10_gs, load_inr_zoo
 from labkit.cli import main
 from labkit.methods import probegen as pg
 from labkit.models.siren import Siren, make_siren

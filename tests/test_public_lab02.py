@@ -1,5 +1,5 @@
 """Notebook 02 with ``data_source = "public"`` (issue 9, item 7) on the Model-J fixture laid out as
-``labkit.benchmarks.data_root`` expects, and the absent-data case."""
+``labkit.datasets.data_root`` expects, and the absent-data case."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_probex_notebook_on_the_model_j_fixture(data, tmp_path):
     assert "meant for the full profile" not in text
 
     # the recorded ProbeX accuracy is the command's trainer at the layer chosen on val
-    from labkit.benchmarks.model_j import open_model_j
+    from labkit.datasets.model_j import open_model_j
 
     mj = open_model_j(FIX, "SupViT")
     note = m["probex.accuracy"]["note"]

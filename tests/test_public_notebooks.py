@@ -1,5 +1,5 @@
 """Notebooks 04 and 05 with ``data_source = "public"`` (issue 9, item 7) on the benchmark fixtures laid out as
-``labkit.benchmarks.data_root`` expects, the absent-data case, and ``run_notebook``'s extra parameters."""
+``labkit.datasets.data_root`` expects, the absent-data case, and ``run_notebook``'s extra parameters."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Horwitz, Kahana & Hoshen, ICML 2024 (arXiv 2402.10208); method in ``labkit.metho
 format and protocol in reference/spectral_detuning.md §2–§6.
 
 * ``detune_lowra(root, subset, …)`` — the paper's replication. Reads a LoWRA Bench folder (the Hub download or
-  ``labkit export … --format lowra``) layer by layer with ``labkit.benchmarks.lowra``, merges the chosen LoRAs
+  ``labkit export … --format lowra``) layer by layer with ``labkit.datasets.lowra``, merges the chosen LoRAs
   (``W'_k = W_P + alpha_k/rank_k · B_k A_k`` in float32), recovers ``W*`` and scores it against ``pre_ft_weight``:
   W-Error = mean over layers of ``log10 MSE`` (§4), the share of layers at ``log10 MSE ≤ −16`` and the Mean-LoRA
   baseline (``W*`` at iteration 0). Defaults per subset follow the paper's runs (``SUBSET_DEFAULTS``); the LoRAs
@@ -247,7 +247,7 @@ def detune_lowra(
     """
     from tqdm.auto import tqdm
 
-    from labkit.benchmarks.lowra import open_lowra
+    from labkit.datasets.lowra import open_lowra
     t_start = time.perf_counter()
     try:
         data = open_lowra(root, subset)

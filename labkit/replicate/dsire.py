@@ -93,8 +93,8 @@ def _rank_in_name(config: str) -> int | None:
 
 
 def _open(root: str | Path, config: str, rank: int | None):
-    from labkit.benchmarks import BenchmarkMissingError
-    from labkit.benchmarks.lora_wise import CONFIGS, open_lora_wise
+    from labkit.datasets import BenchmarkMissingError
+    from labkit.datasets.lora_wise import CONFIGS, open_lora_wise
 
     if rank is not None:
         if rank < 1:

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
-from labkit.benchmarks.probegen_zoos import MAX_JSON_BYTES
+from labkit.datasets import BenchmarkFormatError, BenchmarkMissingError
+from labkit.datasets.probegen_zoos import MAX_JSON_BYTES
 from labkit.methods import probegen as pg
 from labkit.replicate import command_device
 from labkit.safe_io import printable, read_json
@@ -101,7 +101,7 @@ def _inr_split_json(folder: Path) -> Path:
 def inr_networks(folder: str | Path, split_json: str | Path | None = None
                  ) -> dict[str, tuple[pg.Networks, torch.Tensor]]:
     """``{"train"|"val"|"test": (Networks of SIRENs, int64 labels [n])}`` from a DWSNets INR zoo folder."""
-    from labkit.benchmarks.probegen_zoos import load_inr_zoo
+    from labkit.datasets.probegen_zoos import load_inr_zoo
     from labkit.models.siren import Siren
 
     folder = Path(folder).expanduser()
@@ -156,7 +156,7 @@ def _gs_template(params: dict[str, torch.Tensor], activation: str) -> tuple[Smal
 
 def _gs_activations(folder: Path, split_file: Path | None) -> dict[str, list[str]]:
     """``config.activation`` of each split's rows, in the order ``load_cifar10_gs`` returns them."""
-    from labkit.benchmarks.probegen_zoos import cifar10_gs_metrics
+    from labkit.datasets.probegen_zoos import cifar10_gs_metrics
 
     metrics, splits = cifar10_gs_metrics(folder, split_file)
     if "config.activation" not in metrics[0]:
@@ -167,7 +167,7 @@ def _gs_activations(folder: Path, split_file: Path | None) -> dict[str, list[str
 def cifar10_gs_networks(folder: str | Path, split_file: str | Path | None = None
                         ) -> dict[str, tuple[pg.Networks, torch.Tensor]]:
     """``{split: (Networks grouped by activation, test accuracy [n])}`` from a CIFAR10-GS folder (NFN's splits)."""
-    from labkit.benchmarks.probegen_zoos import load_cifar10_gs
+    from labkit.datasets.probegen_zoos import load_cifar10_gs
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():

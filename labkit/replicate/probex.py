@@ -4,7 +4,7 @@ Horwitz*, Cavia*, Kahana*, Hoshen, CVPR 2025 (arXiv 2410.13569); method in ``lab
 format in reference/probex.md §3–§5.
 
 ``probex_model_j(root, subset, layer, …)`` reads one layer of every model of the ``train`` / ``val`` / ``test``
-splits once (``labkit.benchmarks.model_j``: ``X [N, d_H, d_W]``, multi-hot ``Y [N, C]`` over the 100 CIFAR-100
+splits once (``labkit.datasets.model_j``: ``X [N, d_H, d_W]``, multi-hot ``Y [N, C]`` over the 100 CIFAR-100
 names), trains ProbeX on ``train`` with the official discriminative defaults (r_U = r_V = 128, r_T = 128 as in the
 official sbatch script, BCE-with-logits, Adam 1e-3 with weight decay 1e-5, batch 128, 500 epochs, validation every
 25 epochs from epoch 0, the strictly best ``val`` checkpoint) and reports the mean per-label binary accuracy of
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from labkit.benchmarks.model_j import DISCRIMINATIVE, GENERATIVE
+from labkit.datasets.model_j import DISCRIMINATIVE, GENERATIVE
 from labkit.methods import probex as px
 from labkit.replicate import command_device
 
@@ -47,7 +47,7 @@ PAPER_SOURCE = ("MVProbe README: ProbeX rerun (seeds 1–5, lr 3e-4, 3000 epochs
 
 
 def _open(root: str | Path, subset: str):
-    from labkit.benchmarks.model_j import open_model_j
+    from labkit.datasets.model_j import open_model_j
 
     if subset in GENERATIVE or subset.startswith("SD_"):
         raise ValueError(f"{subset} is a generative (Stable Diffusion LoRA) subset: `labkit probex` supports only "

@@ -1,6 +1,6 @@
 """Export mini-jungle zoos to the public benchmarks' on-disk formats (Model-J, LoRA-WiSE, LoWRA Bench).
 
-The replication path (DESIGN §8) reads the papers' public data with ``labkit.benchmarks``; these exports write
+The replication path (DESIGN §8) reads the papers' public data with ``labkit.datasets``; these exports write
 the kit's own zoos in exactly those formats, so the same loaders, the ``labkit detune`` command and the official
 scripts run on both, and a learner can see what the public files hold at a size that fits a laptop.
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from labkit.benchmarks import BenchmarkFormatError
-from labkit.benchmarks.inspect import format_report, inspect_path
-from labkit.benchmarks.safe_pickle import UnsafePickleError
+from labkit.datasets import BenchmarkFormatError
+from labkit.datasets.inspection import format_report, inspect_path
+from labkit.datasets.safe_pickle import UnsafePickleError
 from labkit.cli import main
 from labkit.zoo.store import ZooStore
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
-from labkit.benchmarks.lowra import open_lowra
+from labkit.datasets import BenchmarkFormatError, BenchmarkMissingError
+from labkit.datasets.lowra import open_lowra
 from labkit.safe_io import UnsafeInputError
 
 FIX = Path(__file__).parent / "fixtures" / "lowra"

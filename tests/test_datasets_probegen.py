@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError
-from labkit.benchmarks.probegen_zoos import (
+from labkit.datasets import BenchmarkFormatError
+from labkit.datasets.probegen_zoos import (
     INR_SHAPES,
     cifar10_gs_splits,
     load_cifar10_gs,
@@ -102,7 +102,7 @@ def test_wild_park_wrong_schema(tmp_path):
 
 
 def test_wild_park_checkpoint_extras():
-    from labkit.benchmarks.inspect import inspect_path
+    from labkit.datasets.inspection import inspect_path
 
     info = inspect_path(FIX / "cnn_wild/cifar10_zooV2/run_0/checkpoint_000000/checkpoint.pt")
     assert any(t["name"] == "model.fc.weight" and t["shape"] == [10, 8] for t in info["tensors"])
@@ -166,7 +166,7 @@ def test_cifar10_gs_layout_shape_is_not_evaluated(tmp_path):
 def test_cifar10_gs_metrics_errors_name_the_file(tmp_path, monkeypatch):
     import gzip
 
-    from labkit.benchmarks import probegen_zoos
+    from labkit.datasets import probegen_zoos
 
     gs = _gs_copy(tmp_path)
     lines = gzip.decompress((gs / "metrics.csv.gz").read_bytes()).decode().splitlines()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError
+from labkit.datasets import BenchmarkFormatError
 from labkit.safe_io import printable, read_json, regular_file
 
 __all__ = ["format_report", "inspect_path"]
@@ -50,7 +50,7 @@ def _lora_ranks(tensors: list[dict]) -> dict[str, int]:
 
 
 def _safetensors(path: Path) -> dict:
-    from labkit.benchmarks.model_j import parse_chosen_targets, read_header
+    from labkit.datasets.model_j import parse_chosen_targets, read_header
 
     header, meta = read_header(path)
     info = _info(path, "safetensors")
@@ -86,8 +86,8 @@ def _tensor_rows(obj, prefix: str = "", out: list | None = None) -> list[dict]:
 
 
 def _pickled(path: Path) -> dict:
-    from labkit.benchmarks.safe_pickle import NUMPY, OMEGACONF, restricted_load, to_plain
-    from labkit.benchmarks.vthr import VTHR_CLASSES, load_vthr_graph
+    from labkit.datasets.safe_pickle import NUMPY, OMEGACONF, restricted_load, to_plain
+    from labkit.datasets.vthr import VTHR_CLASSES, load_vthr_graph
 
     obj = restricted_load(path, {**OMEGACONF, **NUMPY, **VTHR_CLASSES})
     if hasattr(obj, "roots"):
@@ -112,7 +112,7 @@ def _pickled(path: Path) -> dict:
 def _parquet(path: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from labkit.benchmarks._parquet import open_parquet
+    from labkit.datasets._parquet import open_parquet
 
     pf = open_parquet(path)
     names = pf.schema_arrow.names
@@ -169,10 +169,10 @@ def _folder(path: Path) -> dict:
         info = _safetensors(path / "model.safetensors")
         info["path"] = str(path)
         return info
-    from labkit.benchmarks.model_j import SPLITS
+    from labkit.datasets.model_j import SPLITS
 
     if any((path / s).is_dir() for s in SPLITS):
-        from labkit.benchmarks.model_j import open_model_j
+        from labkit.datasets.model_j import open_model_j
 
         mj = open_model_j(path, path.name)
         info = _info(path, f"Model-J subset folder ({mj.kind})")

@@ -51,7 +51,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError
+from labkit.datasets import BenchmarkFormatError
 from labkit.safe_io import UnsafeInputError, printable, read_bytes, regular_file
 
 __all__ = ["BASIC", "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "MAX_OBJECT_BYTES", "MAX_TOTAL_BYTES", "NUMPY",

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
-from labkit.benchmarks.model_j import (
+from labkit.datasets import BenchmarkFormatError, BenchmarkMissingError
+from labkit.datasets.model_j import (
     CIFAR100_CLASSES,
     SPLITS,
     open_model_j,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError
-from labkit.benchmarks.safe_pickle import TENSORS, UnsafePickleError, restricted_load
-from labkit.benchmarks.vthr import load_vthr_graph
+from labkit.datasets import BenchmarkFormatError
+from labkit.datasets.safe_pickle import TENSORS, UnsafePickleError, restricted_load
+from labkit.datasets.vthr import load_vthr_graph
 
 FIX = Path(__file__).parent / "fixtures" / "vthr"
 
@@ -80,7 +80,7 @@ def test_vthr_refuses_other_classes(tmp_path):
 def test_real_state_dicts_and_numpy_numbers(tmp_path):
     import numpy as np
 
-    from labkit.benchmarks.safe_pickle import NUMPY
+    from labkit.datasets.safe_pickle import NUMPY
 
     sd = torch.nn.Linear(3, 2).state_dict()
     torch.save({"model": sd, "acc": np.float64(0.25), "hist": np.arange(4.0), "n": np.int64(7)}, tmp_path / "c.pt")
@@ -113,7 +113,7 @@ def _refused(data, allowed=None, match="refusing"):
 def test_allocating_globals_check_the_size_first():
     import numpy as np
 
-    from labkit.benchmarks.safe_pickle import NUMPY
+    from labkit.datasets.safe_pickle import NUMPY
 
     _refused(pickle.dumps(_Call(bytearray, 10**13), protocol=2), match=r"bytearray\(\) of 10,000,000,000,000 bytes")
     _refused(pickle.dumps(_Call(bytes, 10**13), protocol=4), match=r"bytes\(\) of")
@@ -151,7 +151,7 @@ def test_deep_tuple_used_as_a_key_does_not_crash_the_interpreter():
 
     # hashing a 100,000-deep tuple overflows the C stack (a segfault) unless the opcodes are scanned first
     data = b"\x80\x04}" + b")" + b"\x85" * 100_000 + b"Ns."
-    code = ("import io, sys; from labkit.benchmarks.safe_pickle import restricted_load as r\n"
+    code = ("import io, sys; from labkit.datasets.safe_pickle import restricted_load as r\n"
             "try:\n r(io.BytesIO(sys.stdin.buffer.read()), {})\nexcept ValueError as e:\n print(e)")
     out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, timeout=120)
     assert out.returncode == 0 and b"nested more than" in out.stdout
@@ -201,7 +201,7 @@ def _checkpoint(path, numel, raw, size=None, stride=(1,), compress=0):
 def test_torch_zip_storages_are_checked_against_their_declared_sizes(tmp_path, monkeypatch):
     import zipfile
 
-    from labkit.benchmarks import safe_pickle
+    from labkit.datasets import safe_pickle
 
     ok = restricted_load(_checkpoint(tmp_path / "ok.pt", 3, torch.arange(3.0).numpy().tobytes()), {})
     assert torch.equal(ok["w"], torch.arange(3.0))
@@ -228,7 +228,7 @@ def test_errors_name_the_file(tmp_path):
 
 
 def test_to_plain_refuses_a_config_that_contains_itself():
-    from labkit.benchmarks.safe_pickle import OMEGACONF, to_plain
+    from labkit.datasets.safe_pickle import OMEGACONF, to_plain
 
     cfg = OMEGACONF["omegaconf.dictconfig.DictConfig"]()
     cfg.__dict__["_content"] = {"self": cfg}
@@ -242,7 +242,7 @@ def test_vthr_errors_are_one_line_naming_the_file(tmp_path, monkeypatch):
     import sys
     import types
 
-    from labkit.benchmarks.vthr import VTHR_CLASSES
+    from labkit.datasets.vthr import VTHR_CLASSES
 
     module = types.ModuleType("model_graph")  # so the stubs pickle under their real names
     for key, cls in VTHR_CLASSES.items():

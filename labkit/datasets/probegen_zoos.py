@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError, require
-from labkit.benchmarks.safe_pickle import NUMPY, OMEGACONF, restricted_load, to_plain
+from labkit.datasets import BenchmarkFormatError, require
+from labkit.datasets.safe_pickle import NUMPY, OMEGACONF, restricted_load, to_plain
 from labkit.safe_io import inside, printable, read_bytes, read_json, regular_file
 
 __all__ = ["INR_SHAPES", "WildPark", "cifar10_gs_metrics", "cifar10_gs_splits", "load_cifar10_gs", "load_inr_zoo", "load_wild_park",

@@ -31,8 +31,8 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError
-from labkit.benchmarks._parquet import (
+from labkit.datasets import BenchmarkFormatError
+from labkit.datasets._parquet import (
     is_float_list,
     list_depth,
     matrix_cells,

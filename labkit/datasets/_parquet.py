@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
+from labkit.datasets import BenchmarkFormatError, BenchmarkMissingError
 from labkit.safe_io import UnsafeInputError, inside, printable, read_bytes, regular_file
 
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
+from labkit.datasets import BenchmarkFormatError, BenchmarkMissingError
 from labkit.safe_io import inside, printable, read_bytes, regular_file
 
 __all__ = ["CIFAR100_CLASSES", "DISCRIMINATIVE", "GENERATIVE", "SPLITS", "ModelJModel", "ModelJSubset",

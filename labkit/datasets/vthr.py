@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.benchmarks import BenchmarkFormatError, require
-from labkit.benchmarks.safe_pickle import restricted_load, stub
+from labkit.datasets import BenchmarkFormatError, require
+from labkit.datasets.safe_pickle import restricted_load, stub
 from labkit.safe_io import UnsafeInputError, inside, printable
 
 __all__ = ["VTHR_CLASSES", "VthrGraph", "load_vthr_graph"]

@@ -35,8 +35,8 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError
-from labkit.benchmarks._parquet import is_float_list, matrix_cells, open_parquet, shard_files
+from labkit.datasets import BenchmarkFormatError
+from labkit.datasets._parquet import is_float_list, matrix_cells, open_parquet, shard_files
 from labkit.safe_io import printable
 
 __all__ = ["SUBSETS", "LowraLayer", "LowraSubset", "open_lowra"]

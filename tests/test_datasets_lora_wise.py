@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from labkit.benchmarks import BenchmarkFormatError, BenchmarkMissingError
-from labkit.benchmarks.lora_wise import open_lora_wise
+from labkit.datasets import BenchmarkFormatError, BenchmarkMissingError
+from labkit.datasets.lora_wise import open_lora_wise
 from labkit.safe_io import UnsafeInputError
 
 FIX = Path(__file__).parent / "fixtures" / "lora_wise"
