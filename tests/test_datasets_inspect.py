@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from labkit.cli import main
 from labkit.datasets import BenchmarkFormatError
 from labkit.datasets.inspection import format_report, inspect_path
 from labkit.datasets.safe_pickle import UnsafePickleError
-from labkit.cli import main
 from labkit.zoo.store import ZooStore
 
 FIX = Path(__file__).parent / "fixtures"

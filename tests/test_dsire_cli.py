@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit.datasets.lora_wise import open_lora_wise
 from labkit.cli import main
+from labkit.datasets.lora_wise import open_lora_wise
 from labkit.lora import lora_factors
 from labkit.methods import dsire
 from labkit.replicate.dsire import PAPER, read_lora_wise, voter_key

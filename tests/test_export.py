@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
+from labkit.cli import main
 from labkit.datasets.lora_wise import open_lora_wise
 from labkit.datasets.lowra import open_lowra
 from labkit.datasets.model_j import open_model_j
-from labkit.cli import main
 from labkit.lora import lora_factors
 from labkit.text import minilm_path
 from labkit.zoo import export as E

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.datasets.probegen_zoos import load_cifar10_gs, load_inr_zoo
 from labkit.cli import main
+from labkit.datasets.probegen_zoos import load_cifar10_gs, load_inr_zoo
 from labkit.methods import probegen as pg
 from labkit.models.siren import Siren, make_siren
 from labkit.replicate.probegen import cifar10_gs_networks, inr_networks
