@@ -17,7 +17,6 @@ that file atomically, so a notebook that fails half-way still leaves what it mea
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import time
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.course import LABS, lab_of_stem
-from labkit.safe_io import printable, read_json
+from labkit.safe_io import printable, read_json, write_json_atomic
 
 __all__ = [
     "ReportError",
@@ -78,14 +77,6 @@ def start(cfg) -> None:
     global _RUN
     _RUN = _Run(lab=cfg.lab, profile=cfg.profile, device=str(cfg.device))
     _flush()
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _flush() -> None:

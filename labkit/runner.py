@@ -24,8 +24,8 @@ from pathlib import Path
 
 from labkit.course import LABS
 from labkit.nbtools import NotebookError, parameter_values, read_notebook
-from labkit.report import METRICS_LIMIT, write_json_atomic
-from labkit.safe_io import printable, read_json
+from labkit.report import METRICS_LIMIT
+from labkit.safe_io import printable, read_json, write_json_atomic
 from labkit.session import resolve_profile
 
 __all__ = ["NotebookRun", "default_notebooks", "find_notebooks", "run_notebook"]

@@ -12,6 +12,11 @@ Every loader and command that opens a file it did not write goes through these f
     printable(text)                 # control characters and undecodable bytes escaped (\\x1b, \\udcff)
     utf8_path(path)                 # str(path) for libraries that take UTF-8 paths only (safetensors' safe_open)
 
+and every file the kit writes goes through one writer, so a reader never sees half a file::
+
+    write_atomic(path, data)        # bytes or text to a temporary file beside ``path``, fsynced, then renamed
+    write_json_atomic(path, value)  # the same for a JSON value (indented, newline-terminated)
+
 Errors are ``UnsafeInputError`` (a ``ValueError``) with one line saying what is wrong and what to do.
 """
 
@@ -22,7 +27,8 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["UnsafeInputError", "inside", "printable", "read_bytes", "read_json", "regular_file", "utf8_path"]
+__all__ = ["UnsafeInputError", "inside", "printable", "read_bytes", "read_json", "regular_file", "utf8_path",
+           "write_atomic", "write_json_atomic"]
 
 
 class UnsafeInputError(ValueError):
@@ -107,3 +113,24 @@ def utf8_path(path: str | os.PathLike) -> str:
         raise UnsafeInputError(f"{printable(text)}: the file name is not valid UTF-8, which the safetensors library "
                                "cannot open; rename the file (or its folder)") from None
     return text
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through ``.<name>.<pid>.tmp`` in the same folder (flushed and fsynced), then
+    ``os.replace``: a reader sees the old file or the new one, never half of one; a crash leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    """``value`` as indented JSON (keys in insertion order, newline-terminated), written by ``write_atomic``."""
+    write_atomic(path, json.dumps(value, indent=2) + "\n")
