@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from labkit.methods import probegen as pg
 from labkit.models import make_cnn, make_siren
-from labkit.zoo.train import init_states, stack_states
+from labkit.training import init_states, stack_states
 
 GRAPH_GFLOP_PER_INR = {"NFN": 2.58, "NFT": 10.6, "NG-GNN": 2.13, "NG-T": 14.82}
 

@@ -1,4 +1,4 @@
-"""Models per minute for digit-trees children: batched (labkit.zoo.train.fit_batched) vs the one-at-a-time loop.
+"""Models per minute for digit-trees children: batched (labkit.training.fit_batched) vs the one-at-a-time loop.
 
 Both train the same children (same root weights, classes, hyper-parameters, batches and augmentation, sampled
 exactly as the digit-trees recipe samples them) in this process; the loop uses ``torch.optim.AdamW`` on a plain
@@ -16,8 +16,8 @@ import time
 import torch
 
 from labkit.data import load_digits_split
+from labkit.training import fit_batched, fit_loop, init_states, stack_states
 from labkit.zoo.recipes import digit_trees
-from labkit.zoo.train import fit_batched, fit_loop, init_states, stack_states
 
 
 def main() -> None:
@@ -43,20 +43,20 @@ def main() -> None:
 
     t0 = time.perf_counter()
     params, _ = fit_batched(make(), stack_states([root] * args.children), X, y, subsets,
-                            batch_size=cfg["batch_size"], **kw)
+                            batch_size=cfg.batch_size, **kw)
     batched_s = time.perf_counter() - t0
 
     n_loop = min(args.loop, args.children)
     t0 = time.perf_counter()
     err = 0.0
     for k in range(n_loop):
-        ref = fit_loop(make(), root, X, y, subsets[k], batch_size=cfg["batch_size"],
+        ref = fit_loop(make(), root, X, y, subsets[k], batch_size=cfg.batch_size,
                        **{"seed" if n == "seeds" else n: v[k] for n, v in kw.items()})
         err = max(err, *((ref[n] - params[n][k]).abs().max().item() for n in ref))
     loop_s = time.perf_counter() - t0
 
     # the loop trained the first n_loop children; scale by their share of the total optimiser steps
-    steps = [e * (len(s) // cfg["batch_size"]) for e, s in zip(kw["epochs"], subsets)]
+    steps = [e * (len(s) // cfg.batch_size) for e, s in zip(kw["epochs"], subsets)]
     loop_per_model = loop_s / n_loop
     loop_all_s = loop_s * sum(steps) / sum(steps[:n_loop])
     batched_rate = 60 * args.children / batched_s

@@ -1,6 +1,7 @@
 """labkit — a Jupyter-first course and lab kit on learning from, and attacking, neural-network weights.
 
-Notebooks start with ``cfg = labkit.setup(profile, lab="04")``; submodules (``labkit.report``,
+Notebooks start with ``cfg = labkit.setup(profile, lab="04")``, which also starts recording that lab's metrics
+(its banner says where they go; ``record=False`` opts out). Submodules (``labkit.report``,
 ``labkit.exercises``, ``labkit.zoo``, …) are imported on first use so ``import labkit`` stays fast.
 """
 
@@ -12,11 +13,13 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "setup"]
 
 _SUBMODULES = {"course", "data", "diffusion", "exercises", "models", "nbtools", "plots", "report", "runner", "session",
-               "spectra", "text", "train", "trees", "widgets", "zoo", "methods", "datasets", "lora"}
+               "spectra", "text", "training", "forests", "kurtosis_runs", "tree_probe", "widgets", "zoo", "methods",
+               "datasets", "lora"}
 
 
 def setup(*args, **kwargs):
-    """See :func:`labkit.session.setup`."""
+    """Resolve profile, device, seeds and folders and start recording the lab's metrics; see
+    :func:`labkit.session.setup`."""
     from labkit.session import setup as _setup
 
     return _setup(*args, **kwargs)

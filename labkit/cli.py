@@ -28,9 +28,11 @@
     labkit inspect PATH [--all] [--json]                    what a model file or folder holds: format, tensors,
                                                             shapes, dtypes, metadata, LoRA ranks (safe loaders only)
 
-Errors are one line on stderr and a non-zero exit: 2 for a problem with the input (the line says what to fix),
-1 when ``labkit run`` had notebooks fail, 3 for an internal error (a bug in labkit; ``LABKIT_DEBUG=1`` shows its
-traceback).
+Errors are one line on stderr and a non-zero exit: 2 for a problem with the input or the arguments (the line
+says what to fix), 1 when ``labkit run`` had notebooks fail, 3 for an internal error (a bug in labkit).
+``labkit --debug COMMAND ...`` (or ``LABKIT_DEBUG=1``) prints the full traceback before that line, for input
+errors too: the chain of exceptions, including the library error (a torch ``RuntimeError``, say) that labkit
+turned into the one-line message.
 """
 
 from __future__ import annotations
@@ -40,11 +42,39 @@ import json
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from labkit.safe_io import printable
 
 __all__ = ["main"]
+
+# the parser's fixed choices, written out so `labkit --help` does not import torch (tests check that they match
+# labkit.session.PROFILES, labkit.zoo.export.FORMATS and labkit.replicate.probegen.METHODS)
+PROFILES = ("smoke", "workshop", "full")
+EXPORT_FORMATS = ("model-j", "lora-wise", "lowra")
+PROBEGEN_METHODS = ("probegen", "vanilla", "synthetic")
+
+
+class UsageError(ValueError):
+    """Bad command-line arguments (argparse's own checks); ``main`` prints it as one line, exit 2."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose errors become one ``UsageError`` line (no usage block, no ``SystemExit``)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, f"{message} (see `{self.prog} --help`)")
+
+
+def _profile_name(text: str) -> str:
+    """``--profile``: the name as ``resolve_profile`` reads it (case and surrounding blanks ignored)."""
+    return text.strip().lower()
 
 
 def _positive_seconds(text: str) -> float:
@@ -146,7 +176,7 @@ def _cmd_student(args) -> int:
 
 
 def _cmd_trees_recover(args) -> int:
-    from labkit.trees import recover_folder
+    from labkit.replicate.trees import recover_folder
 
     result = recover_folder(args.path, regime=args.regime, lam=args.lam, trees=args.trees, reverse=args.reverse,
                             ft_variant=args.ft_variant)
@@ -207,8 +237,6 @@ def _emit(result: dict, json_file: str | None) -> None:
 def _cmd_detune(args) -> int:
     from labkit.replicate.detune import detune_checkpoints, detune_lowra
 
-    if (args.lowra is None) == (args.checkpoints is None):
-        raise ValueError("give either --lowra DIR --subset NAME or --checkpoints C1 C2 ...")
     if args.lowra is not None:
         if args.subset is None:
             raise ValueError("--lowra needs --subset (vit, stable-diffusion-1.5, mistral-7b-v0.1-sft, "
@@ -268,8 +296,6 @@ def _cmd_probex(args) -> int:
 def _cmd_probegen(args) -> int:
     from labkit.replicate.probegen import probegen_cifar10_gs, probegen_inr
 
-    if (args.inr is None) == (args.cnn_zoo is None):
-        raise ValueError("give either --inr DIR (an MNIST/FMNIST INR zoo) or --cnn-zoo DIR (CIFAR10-GS)")
     kwargs = {"method": args.method, "n_probes": args.probes, "epochs": args.epochs, "gen_depth": args.gen_depth,
               "device": args.device, "seed": args.seed}
     if args.inr is not None:
@@ -291,27 +317,34 @@ def _cmd_probegen(args) -> int:
     return 0
 
 
+def _add_profile(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--profile smoke|workshop|full`` (``$LABKIT_PROFILE``, when set, still wins: ``resolve_profile``)."""
+    parser.add_argument("--profile", type=_profile_name, choices=PROFILES, default=None, help=help)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="labkit", description="labkit: a lab kit on learning from model weights")
+    p = _Parser(prog="labkit", description="labkit: a lab kit on learning from model weights")
+    p.add_argument("--debug", action="store_true", help="on an error, print the full traceback (the chain of "
+                                                        "exceptions) before the one-line message")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute notebooks with papermill into runs/<profile>/")
     run.add_argument("notebooks", nargs="*", help="paths, names (04_dsire) or lab numbers (04); default: all")
-    run.add_argument("--profile", default=None, help="smoke | workshop | full (default: $LABKIT_PROFILE or workshop)")
+    _add_profile(run, "default: $LABKIT_PROFILE or workshop")
     run.add_argument("--timeout", type=_positive_seconds, default=None,
                      help="per-cell timeout in seconds (a positive number; default: none)")
     run.add_argument("--runs", default="runs", help="output folder (default: runs)")
     run.set_defaults(func=_cmd_run)
 
     rep = sub.add_parser("report", help="write runs/<profile>/report.md and report.html")
-    rep.add_argument("--profile", default=None)
+    _add_profile(rep, "default: $LABKIT_PROFILE or workshop")
     rep.add_argument("--runs", default="runs")
     rep.set_defaults(func=_cmd_report)
 
     zoo = sub.add_parser("zoo", help="build or check model zoos").add_subparsers(dest="zoo_command", required=True)
     zb = zoo.add_parser("build", help="build (or reuse) a zoo; prints its folder last")
     zb.add_argument("recipe")
-    zb.add_argument("--profile", default=None)
+    _add_profile(zb, "default: $LABKIT_PROFILE or workshop")
     zb.set_defaults(func=_cmd_zoo_build)
     zv = zoo.add_parser("verify", help="check a zoo's files against the manifest")
     zv.add_argument("path")
@@ -345,8 +378,8 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a mini-jungle zoo in a public benchmark's format "
                                        "(Model-J, LoRA-WiSE, LoWRA Bench)")
     ex.add_argument("recipe", help="digit-trees (model-j), digit-diffusion (lora-wise, lowra), minilm-lora (lowra)")
-    ex.add_argument("--format", required=True, choices=["model-j", "lora-wise", "lowra"])
-    ex.add_argument("--profile", default=None, help="zoo profile (builds the zoo first if needed)")
+    ex.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    _add_profile(ex, "zoo profile (builds the zoo first if needed)")
     ex.add_argument("--out", required=True, help="folder to write into (configs already there are kept)")
     ex.add_argument("--n-loras", type=int, default=None, help="lowra: keep the first N LoRAs (15 = the "
                                                                "benchmark's exact 80 columns; default all)")
@@ -354,7 +387,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dt = sub.add_parser("detune", help="Spectral DeTuning (lab 05) on LoWRA Bench or on your own fine-tuned "
                                        "checkpoints; prints the result as JSON")
-    src = dt.add_mutually_exclusive_group()
+    src = dt.add_mutually_exclusive_group(required=True)
     src.add_argument("--lowra", metavar="DIR", help="a LoWRA Bench folder (<subset>/train-*.parquet)")
     src.add_argument("--checkpoints", metavar="C", nargs="+", help="2+ fine-tunes of one base: safetensors files "
                                                                    "(LoRAs merged) or peft adapter folders")
@@ -412,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
 
     pg = sub.add_parser("probegen", help="ProbeGen (lab 03) on an MNIST/FMNIST INR zoo or CIFAR10-GS with the "
                                          "released scripts' settings; prints the test metric as JSON")
-    pg_src = pg.add_mutually_exclusive_group()
+    pg_src = pg.add_mutually_exclusive_group(required=True)
     pg_src.add_argument("--inr", metavar="DIR", help="an INR zoo folder (fmnist_inrs or mnist-inrs from DWSNets)")
     pg_src.add_argument("--cnn-zoo", metavar="DIR", help="a CIFAR10-GS folder (weights.npy, metrics.csv.gz, "
                                                          "layout.csv)")
@@ -425,8 +458,9 @@ def _parser() -> argparse.ArgumentParser:
     pg.add_argument("--epochs", type=int, default=None, help="epochs (default 30 for INRs, 150 for CIFAR10-GS)")
     pg.add_argument("--gen-depth", type=int, default=None, help="generator depth for --method probegen (default 2 "
                                                                 "for INRs; 6 for CIFAR10-GS, which allows 5 or 6)")
-    pg.add_argument("--method", default="probegen", help="probegen (default), vanilla (free probes) or synthetic "
-                                                         "(fixed uniform coordinates / dead leaves, head only)")
+    pg.add_argument("--method", default="probegen", choices=PROBEGEN_METHODS,
+                    help="probegen (default), vanilla (free probes) or synthetic (fixed uniform coordinates / dead "
+                         "leaves, head only)")
     pg.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     pg.add_argument("--seed", type=int, default=1, help="seed of the init, batch order and synthetic probes "
                                                         "(default 1, as the scripts)")
@@ -448,21 +482,47 @@ def _say(command: str, message: object) -> None:
     print(f"labkit {command}: {printable(message)}", file=sys.stderr, flush=True)
 
 
+def _debugging(args: argparse.Namespace) -> bool:
+    """``--debug`` or ``LABKIT_DEBUG`` set to anything but empty or 0."""
+    return args.debug or os.environ.get("LABKIT_DEBUG", "").strip() not in ("", "0")
+
+
+def _print_traceback(e: BaseException) -> None:
+    """``e``'s full traceback on stderr, with the exceptions it was raised from or while handling — also those
+    hidden by ``raise ... from None`` (the library error, e.g. torch's RuntimeError, behind a one-line message).
+    Each line is escaped like the one-line messages, so file names cannot drive the terminal."""
+    seen: set[int] = set()
+    link: BaseException | None = e
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    for line in "".join(traceback.format_exception(e)).splitlines():
+        print(printable(line), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one ``labkit`` command; returns the exit status (errors: one line on stderr, see the module doc)."""
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as e:
+        print(f"{printable(e.prog)}: {printable(e)}", file=sys.stderr, flush=True)
+        return 2
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("labkit: interrupted", file=sys.stderr)
         return 130
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as e:
+        if _debugging(args):
+            _print_traceback(e)
         _say(args.command, e.args[0] if isinstance(e, KeyError) and e.args else e)
         return 2
-    except Exception as e:  # the last safety net: a bug, still one line (LABKIT_DEBUG=1: the traceback)
-        if os.environ.get("LABKIT_DEBUG", "").strip() not in ("", "0"):
-            raise
-        _say(args.command, f"internal error: {type(e).__name__}: {e} — this is a bug in labkit; set "
-                           "LABKIT_DEBUG=1 to see the traceback")
+    except Exception as e:  # the last safety net: a bug, still one line (--debug: the traceback before it)
+        if _debugging(args):
+            _print_traceback(e)
+        _say(args.command, f"internal error: {type(e).__name__}: {e} — this is a bug in labkit; run "
+                           "`labkit --debug ...` to see the traceback")
         return 3
 
 

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Digits", "load_digits_split"]
+__all__ = ["CLASS_NAMES", "Digits", "load_digits_split"]
+
+# the name of each digit class, in label order: the label names of the digit zoos and of their Model-J exports
+CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,55 @@
-"""The exercises of every lab: id → reference (a labkit function), test cases and a hint (DESIGN §6)."""
+"""The exercises of every lab, as data: id → reference (a labkit function), test cases and a hint (DESIGN §6).
+
+``EXERCISES`` is the bank ``labkit.exercises.check`` reads; each lab adds its exercises below with ``register``.
+References are labkit's own functions, so the exercise and the library can never disagree. This module imports
+no checker: ``labkit.exercises`` imports it, never the other way round.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-from labkit.exercises import register
 from labkit.methods import dsire, mother, probegen, probex, spectral_detuning
 from labkit.spectra import energy_fraction
+
+__all__ = ["EXERCISES", "Exercise", "hints", "register"]
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: the reference, its cases (``() -> [(description, args), ...]``), the stub's hint and the
+    tolerances ``check`` compares with."""
+
+    id: str
+    reference: Callable
+    cases: Callable[[], list[tuple[str, tuple]]]
+    hint: str
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+
+EXERCISES: dict[str, Exercise] = {}
+
+
+def register(exercise_id: str, reference: Callable, cases: Callable[[], list[tuple[str, tuple]]], hint: str,
+             **tolerances) -> Exercise:
+    """Add one exercise to ``EXERCISES`` (an id may be added once)."""
+    if exercise_id in EXERCISES:
+        raise ValueError(f"exercise {exercise_id!r} is registered twice")
+    ex = Exercise(exercise_id, reference, cases, hint, **tolerances)
+    EXERCISES[exercise_id] = ex
+    return ex
+
+
+def hints() -> dict[str, str]:
+    """Exercise id → the hint the student copy's stub shows."""
+    return {ex_id: ex.hint for ex_id, ex in EXERCISES.items()}
+
+
+# ------------------------------------------------------------------------------------------ lab 00: spectra
 
 
 def _energy_cases():
@@ -77,13 +120,6 @@ register("01.direction_matrix", mother.direction_matrix, _direction_cases,
               "(kurt[None, :] > kurt[:, None]).double()")
 register("01.edge_accuracy", mother.edge_accuracy, _edge_cases,
          hint="turn both lists into sets of (parent, child) tuples; return |predicted ∩ true| / |true| as a float")
-
-
-def hints() -> dict[str, str]:
-    """Exercise id → the hint the student copy's stub shows."""
-    from labkit.exercises import EXERCISES
-
-    return {ex_id: ex.hint for ex_id, ex in EXERCISES.items()}
 
 
 # ----------------------------------------------------------------------------------------- lab 02: ProbeX

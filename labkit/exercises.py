@@ -9,8 +9,8 @@ first case that differs, and returns the learner's function when every case pass
 (with a warning), so the rest of the notebook still runs. A function that raises ``NotImplementedError`` (the
 student copy's stub) is reported as "not attempted", never as an error.
 
-Each lab registers its exercises here with ``register``; references are labkit's own functions, so the
-exercise and the library can never disagree.
+The exercises themselves (references, cases, hints) are data in ``labkit.exercise_bank``; this module is the
+checker that reads them (``EXERCISES`` is the bank's, re-exported here).
 """
 
 from __future__ import annotations
@@ -19,35 +19,13 @@ import copy
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from labkit import report
+from labkit.exercise_bank import EXERCISES, Exercise
 
-__all__ = ["EXERCISES", "Exercise", "check", "register", "run_cases"]
-
-
-@dataclass(frozen=True)
-class Exercise:
-    id: str
-    reference: Callable
-    cases: Callable[[], list[tuple[str, tuple]]]  # () -> [(description, args), ...]
-    hint: str
-    rtol: float = 1e-5
-    atol: float = 1e-6
-
-
-EXERCISES: dict[str, Exercise] = {}
-
-
-def register(exercise_id: str, reference: Callable, cases: Callable[[], list[tuple[str, tuple]]], hint: str,
-             **tolerances) -> Exercise:
-    if exercise_id in EXERCISES:
-        raise ValueError(f"exercise {exercise_id!r} is registered twice")
-    ex = Exercise(exercise_id, reference, cases, hint, **tolerances)
-    EXERCISES[exercise_id] = ex
-    return ex
+__all__ = ["EXERCISES", "Exercise", "check", "run_cases"]
 
 
 def _as_comparable(got, expected):
@@ -95,7 +73,6 @@ def run_cases(ex: Exercise, fn: Callable) -> tuple[str, str]:
 
 def check(exercise_id: str, fn: Callable) -> Callable:
     """Check the learner's ``fn``; return it if it passes, else the reference implementation (with a warning)."""
-    _load_lab_exercises()
     if exercise_id not in EXERCISES:
         raise KeyError(f"unknown exercise {exercise_id!r}; known: {', '.join(sorted(EXERCISES))}")
     ex = EXERCISES[exercise_id]
@@ -107,8 +84,3 @@ def check(exercise_id: str, fn: Callable) -> Callable:
     warnings.warn(f"Exercise {exercise_id}: {status}; the notebook continues with the reference solution "
                   f"(labkit.exercises.EXERCISES[{exercise_id!r}].reference).", stacklevel=2)
     return ex.reference
-
-
-def _load_lab_exercises() -> None:
-    """Import the modules that register exercises (kept lazy so ``import labkit`` stays light)."""
-    from labkit import exercise_bank  # noqa: F401

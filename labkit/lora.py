@@ -1,4 +1,4 @@
-"""LoRA helpers over peft, and a batched trainer for many LoRAs of one frozen base (DESIGN §3, §10).
+"""LoRA helpers over peft, and many LoRAs of one frozen base as one batched model (DESIGN §3, §10).
 
 LoRA (Hu et al., 2021) adapts a frozen linear layer ``W0: [d_out, d_in]`` by a low-rank update::
 
@@ -11,11 +11,19 @@ together. The K models ride on the batch dimension: the base runs once on ``K·N
 ``k·N … k·N+N-1``) and at each target layer a forward hook adds ``scaling · (x_k A_kᵀ) B_kᵀ`` with ``torch.bmm``.
 Any base whose samples do not interact inside a batch works (MLPs, transformers; not BatchNorm in training
 mode). Adam is element-wise, so summing the K per-model losses gives every slice exactly the update it would
-get if trained alone with peft — the loop version in ``tests/test_lora.py`` checks this to ~1e-6.
+get if trained alone with peft (train with ``labkit.training.fit_stacked``) — the loop version in
+``tests/test_lora.py`` checks this to ~1e-6.
 
 Each slice is exported as a real peft adapter (``export_adapter``) that ``PeftModel.from_pretrained`` loads;
 ``lora_factors`` reads ``(A, B)`` back from a saved adapter's state dict (peft's file keys
 ``base_model.model.<name>.lora_A.weight`` / ``.lora_B.weight``).
+
+Merging a saved adapter follows peft's ``merge_and_unload`` rules, in one place (``adapter_deltas``; the kit's
+``labkit trees recover``, ``labkit detune`` and the zoo forests all use it): per module, ``r`` and ``alpha`` come
+from ``rank_pattern`` / ``alpha_pattern`` with peft's own key rule (``peft.utils.other.get_pattern_key``: a key is a
+regex that must match the whole module name or a dotted suffix of it), and ``scaling = alpha / r``, or
+``alpha / sqrt(r)`` with ``use_rslora`` (Kalajdzievski, 2023). What it cannot merge (DoRA, another ``peft_type``,
+``fan_in_fan_out``, conv LoRAs, extra trained tensors) is refused with one line naming the file.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import contextlib
 import copy
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -32,8 +40,8 @@ from torch import nn
 
 from labkit.safe_io import printable, read_json
 
-__all__ = ["BatchedLoRA", "fit_batched", "lora_delta", "lora_factors", "peft_config", "read_adapter_config",
-           "target_regex"]
+__all__ = ["BatchedLoRA", "adapter_deltas", "check_adapter_config", "lora_delta", "lora_factors",
+           "merge_adapter", "peft_config", "read_adapter", "read_adapter_config", "scaled_factors", "target_regex"]
 
 CONFIG_LIMIT = 1 << 20  # an adapter_config.json larger than 1 MiB is not one
 
@@ -179,33 +187,6 @@ class BatchedLoRA(nn.Module):
         return model
 
 
-def fit_batched(lora: BatchedLoRA, loss_fn: Callable[[int], torch.Tensor], steps: int, lr: float,
-                weight_decay: float = 0.0, progress: bool | str = False) -> torch.Tensor:
-    """Train all adapters with one Adam(W) over the stacked factors.
-
-    ``loss_fn(step) -> [K]`` per-adapter losses; their sum is minimised, which gives each slice the same update
-    as training it alone. Returns the loss history ``[steps, K]``.
-    """
-    from tqdm.auto import tqdm
-
-    params = [*lora.A, *lora.B]
-    opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay
-           else torch.optim.Adam(params, lr=lr))
-    history = torch.empty(steps, lora.n_adapters)
-    bar = tqdm(range(steps), desc=progress if isinstance(progress, str) else "LoRA steps", disable=not progress,
-               leave=False)
-    for step in bar:
-        losses = loss_fn(step)
-        if losses.shape != (lora.n_adapters,):
-            raise ValueError(f"loss_fn must return one loss per adapter, shape [{lora.n_adapters}], "
-                             f"got {list(losses.shape)}")
-        opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        opt.step()
-        history[step] = losses.detach().cpu()
-    return history
-
-
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<layer>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -230,18 +211,142 @@ def lora_delta(A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor
     return scaling * (B @ A)
 
 
-def read_adapter_config(path: Path) -> dict:
-    """A peft ``adapter_config.json``: a JSON object with a positive integer ``r`` and a number ``lora_alpha``
-    (and ``alpha_pattern`` an object, if present); every error names the file."""
-    config = read_json(path, CONFIG_LIMIT, "adapter_config.json")
-    name = printable(path)
+# ----------------------------------------------------------------------------------------- merging adapters
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def _number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _rank(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+def check_adapter_config(config: object, where: str) -> dict:
+    """``config`` (a parsed ``adapter_config.json``) if it describes a LoRA adapter :func:`adapter_deltas` can merge;
+    else a one-line ``ValueError`` starting with ``where`` (the file).
+
+    Needs a positive integer ``r``, a number ``lora_alpha``, ``rank_pattern`` / ``alpha_pattern`` (if present)
+    objects of module-name patterns → positive integers / numbers; refuses DoRA (``use_dora``), a ``peft_type``
+    other than ``LORA``, ``fan_in_fan_out`` (GPT-2's Conv1D stores ``W`` transposed) and ``lora_bias``."""
     if not isinstance(config, dict):
-        raise ValueError(f"{name} must be a JSON object (peft's adapter config), got a {type(config).__name__}")
+        raise ValueError(f"{where} must be a JSON object (peft's adapter config), got a {type(config).__name__}")
     r, alpha = config.get("r"), config.get("lora_alpha")
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"{name}: 'r' (the LoRA rank) must be a positive integer, got {printable(repr(r))}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
-        raise ValueError(f"{name}: 'lora_alpha' must be a number, got {printable(repr(alpha))}")
-    if not isinstance(config.get("alpha_pattern") or {}, dict):
-        raise ValueError(f"{name}: 'alpha_pattern' must be an object of module names and alphas")
+    if not _rank(r):
+        raise ValueError(f"{where}: 'r' (the LoRA rank) must be a positive integer, got {printable(repr(r))}")
+    if not _number(alpha):
+        raise ValueError(f"{where}: 'lora_alpha' must be a number, got {printable(repr(alpha))}")
+    for field, ok, what in (("rank_pattern", _rank, "positive integer ranks"), ("alpha_pattern", _number, "alphas")):
+        pattern = config.get(field) or {}
+        if not isinstance(pattern, dict) or not all(ok(v) for v in pattern.values()):
+            raise ValueError(f"{where}: {field!r} must be an object of module names and {what}")
+        for key in pattern:
+            try:
+                re.compile(key)
+            except re.error as e:
+                raise ValueError(f"{where}: the {field} key {printable(repr(key))} is not a regex ({e})") from None
+    peft_type = config.get("peft_type", "LORA")
+    if peft_type != "LORA" or config.get("use_dora"):
+        raise ValueError(f"{where}: only plain LoRA adapters can be merged (peft_type {printable(repr(peft_type))}, "
+                         f"use_dora={printable(config.get('use_dora'))})")
+    if config.get("fan_in_fan_out"):
+        raise ValueError(f"{where}: fan_in_fan_out adapters (GPT-2 Conv1D, W stored transposed) are not supported")
+    if config.get("lora_bias"):
+        raise ValueError(f"{where}: lora_bias adapters (a trained bias on lora_B) are not supported")
     return config
+
+
+def read_adapter_config(path: Path) -> dict:
+    """A peft ``adapter_config.json`` checked by :func:`check_adapter_config`; every error names the file."""
+    return check_adapter_config(read_json(path, CONFIG_LIMIT, ADAPTER_CONFIG), printable(path))
+
+
+def read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(adapter_config, adapter state dict)`` of a peft adapter folder (``adapter_config.json`` +
+    ``adapter_model.safetensors``; the older ``adapter_model.bin`` is a pickle and is not read)."""
+    from labkit.zoo.store import read_safetensors
+
+    folder = Path(folder)
+    config = read_adapter_config(folder / ADAPTER_CONFIG)
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{printable(folder)} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS} (only "
+                                "safetensors adapters are read)")
+    return config, read_safetensors(weights)[0]
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """peft's per-module value (``peft.tuners.lora.LoraModel._create_and_replace`` with
+    ``peft.utils.other.get_pattern_key``): the value of the first key ``K`` (in the config's order) for which
+    ``re.match(rf"(.*\\.)?({K})$", module)`` holds, else of the key equal to ``module``, else ``default``.
+    ``"fc1"`` matches ``blocks.0.fc1`` but not ``head_fc1``."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return patterns[key]
+    return patterns.get(module, default)
+
+
+def scaled_factors(config: dict, tensors: dict[str, torch.Tensor], where: str,
+                   base_shapes: dict[str, tuple[int, ...]] | None = None
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """``{module: (A [r, d_in], B [d_out, r], scaling)}`` of a saved peft LoRA adapter, with peft's merge rules:
+    per-module ``r`` / ``alpha`` from ``rank_pattern`` / ``alpha_pattern`` (:func:`_pattern_value`) and
+    ``scaling = alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``), so ``ΔW = scaling · B A``.
+
+    ``tensors``: the adapter state dict (``adapter_model.safetensors``); ``where``: the file, for errors.
+    ``base_shapes`` (``{"<module>.weight": shape}``): when given, every adapted module must have a weight of shape
+    ``[d_out, d_in]`` there. Refused with one ``ValueError`` line: what :func:`check_adapter_config` refuses, a
+    tensor that is not a LoRA factor (DoRA magnitudes, ``modules_to_save`` copies, embedding LoRAs, biases), a
+    factor that is not 2-D (conv LoRA) and a rank other than the config's."""
+    check_adapter_config(config, where)
+    try:
+        factors = lora_factors(tensors)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    extra = [k for k in tensors if not _KEY.match(k)]
+    if extra:
+        raise ValueError(f"{where}: holds {len(extra)} tensor(s) that are not LoRA factors (e.g. "
+                         f"{printable(extra[0])!r}); only plain LoRA on linear layers can be merged")
+    out = {}
+    for module, (A, B) in factors.items():
+        if A.ndim != 2 or B.ndim != 2:
+            raise ValueError(f"{where}: {printable(module)!r} is not a linear LoRA (lora_A {list(A.shape)}, lora_B "
+                             f"{list(B.shape)}); only 2-D factors can be merged")
+        r = _pattern_value(config.get("rank_pattern") or {}, module, config["r"])
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"])
+        if A.shape[0] != r or B.shape[1] != r:
+            raise ValueError(f"{where}: {printable(module)!r} has factors of rank {A.shape[0]} / {B.shape[1]} but "
+                             f"the config gives r = {r}")
+        if base_shapes is not None:
+            key = f"{module}.weight"
+            if key not in base_shapes:
+                raise ValueError(f"{where}: the adapter changes {printable(module)!r} but the base model has no 2-D "
+                                 f"weight {printable(key)!r}")
+            if tuple(base_shapes[key]) != (B.shape[0], A.shape[1]):
+                raise ValueError(f"{where}: the LoRA update of {printable(module)!r} is [{B.shape[0]}, {A.shape[1]}] "
+                                 f"but the base weight is {list(base_shapes[key])}")
+        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        out[module] = (A, B, float(scaling))
+    return out
+
+
+def adapter_deltas(config: dict, tensors: dict[str, torch.Tensor], where: str, dtype: torch.dtype = torch.float64,
+                   base_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
+    """``{module: ΔW [d_out, d_in]}`` of a saved peft LoRA adapter, exactly what ``merge_and_unload()`` adds to
+    ``<module>.weight``; computed in ``dtype`` (:func:`scaled_factors` for the rules, errors and ``base_shapes``)."""
+    return {module: lora_delta(A.to(dtype), B.to(dtype), scaling)
+            for module, (A, B, scaling) in scaled_factors(config, tensors, where, base_shapes).items()}
+
+
+def merge_adapter(base: dict[str, torch.Tensor], config: dict, tensors: dict[str, torch.Tensor],
+                  where: str) -> dict[str, torch.Tensor]:
+    """A copy of the state dict ``base`` with the adapter merged in: ``W ← W + ΔW`` in float64 for every adapted
+    module (``base`` itself is not changed)."""
+    shapes = {k: tuple(v.shape) for k, v in base.items() if v.ndim == 2}
+    out = dict(base)
+    for module, delta in adapter_deltas(config, tensors, where, base_shapes=shapes).items():
+        key = f"{module}.weight"
+        out[key] = out[key].double() + delta
+    return out

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from labkit.spectra import energy_fraction, singular_values
 
 __all__ = ["detuning_figure", "dsire_phenomenon_figure", "dsire_votes_figure", "forest_figure", "image_grid",
-           "layer_figure", "layer_sweep_figure", "probe_figure", "retrieval_figure", "sample_panels", "tile",
+           "layer_figure", "probe_figure", "retrieval_figure", "sample_panels", "tile",
            "tree_comparison_figure", "tree_layout"]
 
 
@@ -423,21 +423,5 @@ def retrieval_figure(query: str, descriptions, scores, samples: torch.Tensor, nr
         ax.set_title(f"{desc}\ncos {float(score):.2f}", fontsize=8)
         ax.axis("off")
     fig.suptitle(f"query: “{query}”", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def layer_sweep_figure(layers, curves: dict, chance: float | None = None, title: str = "") -> Figure:
-    """Validation accuracy per layer for several learners: ``curves: {learner: [len(layers)] values}`` (lab 02)."""
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(layers), 3.0))
-    for name, values in curves.items():
-        ax.plot(range(len(layers)), values, marker="o", label=name)
-    if chance is not None:
-        ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
-    ax.set_xticks(range(len(layers)))
-    ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

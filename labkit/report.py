@@ -24,17 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.course import LABS, lab_of_stem
-from labkit.safe_io import printable, read_json, write_json_atomic
+from labkit.safe_io import printable, read_json, write_atomic, write_json_atomic
 
 __all__ = [
     "ReportError",
     "load_runs",
     "metrics",
+    "metrics_file",
     "record",
     "record_exercise",
     "render_html",
     "render_markdown",
-    "write_json_atomic",
+    "start",
     "write_report",
 ]
 
@@ -72,17 +73,24 @@ class _Run:
 _RUN = _Run()
 
 
+def metrics_file() -> Path | None:
+    """Where ``record`` writes: ``$LABKIT_METRICS`` (``labkit run`` sets it), or None (kept in memory only)."""
+    target = os.environ.get(METRICS_ENV)
+    return Path(target) if target else None
+
+
 def start(cfg) -> None:
-    """Begin a new run (called by ``labkit.setup``): forget earlier metrics, remember profile and device."""
+    """Begin a new run for ``cfg.lab`` (``labkit.setup`` calls this unless ``record=False``): forget earlier
+    metrics, remember lab, profile and device, and write the empty run to ``metrics_file()`` if there is one."""
     global _RUN
     _RUN = _Run(lab=cfg.lab, profile=cfg.profile, device=str(cfg.device))
     _flush()
 
 
 def _flush() -> None:
-    target = os.environ.get(METRICS_ENV)
-    if target:
-        write_json_atomic(Path(target), _RUN.as_json())
+    target = metrics_file()
+    if target is not None:
+        write_json_atomic(target, _RUN.as_json())
 
 
 def record(key: str, value, paper: float | None = None, higher_is_better: bool | None = None,
@@ -242,7 +250,7 @@ def write_report(runs_root: Path, profile: str) -> Path:
     runs = load_runs(runs_dir)
     if not runs:
         raise ReportError(f"no metrics under {runs_dir}; run the notebooks first: labkit run --profile {profile}")
-    (runs_dir / "report.md").write_text(render_markdown(runs, profile))
+    write_atomic(runs_dir / "report.md", render_markdown(runs, profile))
     out = runs_dir / "report.html"
-    out.write_text(render_html(runs, profile))
+    write_atomic(out, render_html(runs, profile))
     return out

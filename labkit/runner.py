@@ -24,6 +24,7 @@ from pathlib import Path
 
 from labkit.course import LABS
 from labkit.nbtools import NotebookError, parameter_values, read_notebook
+from labkit.paths import CHECKOUT
 from labkit.report import METRICS_LIMIT
 from labkit.safe_io import printable, read_json, write_json_atomic
 from labkit.session import resolve_profile
@@ -49,7 +50,7 @@ def notebooks_dir() -> Path:
     here = Path("notebooks")
     if here.is_dir():
         return here
-    return Path(__file__).resolve().parents[1] / "notebooks"
+    return CHECKOUT / "notebooks"
 
 
 def default_notebooks() -> list[Path]:

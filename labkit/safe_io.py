@@ -17,7 +17,9 @@ and every file the kit writes goes through one writer, so a reader never sees ha
     write_atomic(path, data)        # bytes or text to a temporary file beside ``path``, fsynced, then renamed
     write_json_atomic(path, value)  # the same for a JSON value (indented, newline-terminated)
 
-Errors are ``UnsafeInputError`` (a ``ValueError``) with one line saying what is wrong and what to do.
+Errors are ``UnsafeInputError`` (a ``ValueError``) with one line saying what is wrong and what to do; every
+safetensors reader of the kit (``labkit.zoo.store.read_safetensors``, the Model-J header reader, ``labkit detune``)
+raises ``CorruptFileError`` (also a ``ValueError``) for a file that is truncated, changed or not safetensors.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["UnsafeInputError", "inside", "printable", "read_bytes", "read_json", "regular_file", "utf8_path",
+__all__ = ["CorruptFileError", "UnsafeInputError", "inside", "printable", "read_bytes", "read_json", "regular_file", "utf8_path",
            "write_atomic", "write_json_atomic"]
 
 
 class UnsafeInputError(ValueError):
     """A file or path the kit refuses to read (not a regular file, too large, outside its dataset)."""
+
+
+class CorruptFileError(ValueError):
+    """A model file that is truncated, changed since it was written, or not a safetensors file."""
 
 
 def printable(text: object) -> str:

@@ -1,4 +1,4 @@
-"""Session setup: profiles, device, seeds, threads and paths (DESIGN §4).
+"""Session setup: profiles, device, seeds, threads, paths and the lab's metrics run (DESIGN §4).
 
 Every notebook starts with a literals-only ``parameters`` cell (``profile = "workshop"``) followed by::
 
@@ -6,7 +6,8 @@ Every notebook starts with a literals-only ``parameters`` cell (``profile = "wor
 
 which resolves the profile (the environment variable ``LABKIT_PROFILE`` wins over the notebook's value, since
 nbval cannot inject parameters), picks the device (cuda → mps → cpu), seeds torch / numpy / random, sets the
-torch thread count, resolves the kit's folders and prints one banner line.
+torch thread count, resolves the kit's folders, starts recording the lab's metrics (``labkit.report.start``;
+``record=False`` opts out) and prints one banner line that says all of it, including where the metrics go.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from labkit import report
 from labkit.course import LABS, lab_info
+from labkit.paths import kit_folder
 
 __all__ = ["PROFILES", "Config", "Profile", "ProfileError", "kit_home", "pick_device", "resolve_profile", "setup"]
 
@@ -56,6 +59,8 @@ class Config:
     home: Path
     lab: str | None = None
     expected_minutes: float | None = None
+    record: bool = False  # whether setup started a metrics run (labkit.report.start) for this session
+    metrics_file: Path | None = None  # where that run is written ($LABKIT_METRICS); None: in memory only
 
     @property
     def smoke(self) -> bool:
@@ -68,9 +73,15 @@ class Config:
     def banner(self) -> str:
         what = f"lab {self.lab}" if self.lab else "labkit"
         eta = f"~{self.expected_minutes:g} min expected" if self.expected_minutes is not None else "time unknown"
+        if not self.record:
+            metrics = "metrics not recorded"
+        elif self.metrics_file is not None:
+            metrics = f"recording metrics to {self.metrics_file}"
+        else:
+            metrics = f"recording metrics in memory (${report.METRICS_ENV} unset)"
         return (
             f"{what} | profile={self.profile} | device={self.device} ({self.threads} threads) | "
-            f"{eta} | seed={self.seed} | zoos in {self.home}"
+            f"{eta} | seed={self.seed} | zoos in {self.home} | {metrics}"
         )
 
 
@@ -97,13 +108,7 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def kit_home() -> Path:
     """The folder that holds zoos and caches: ``$LABKIT_HOME``, else ``.labkit`` in the checkout, else ``./.labkit``."""
-    env = os.environ.get("LABKIT_HOME")
-    if env:
-        return Path(env).expanduser().resolve()
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "pyproject.toml").is_file() and (checkout / "notebooks").is_dir():
-        return checkout / ".labkit"
-    return Path(".labkit").resolve()
+    return kit_folder("LABKIT_HOME", ".labkit")
 
 
 def seed_everything(seed: int) -> None:
@@ -119,12 +124,17 @@ def setup(
     seed: int = 0,
     device: str = "auto",
     threads: int | None = None,
+    record: bool = True,
     quiet: bool = False,
 ) -> Config:
     """Resolve a session for one notebook and print its banner line (DESIGN §4).
 
-    ``lab`` is the notebook's two-digit number ("00".."05"); it selects the expected time shown in the banner
-    and names the notebook in the metrics that ``labkit.report.record`` writes.
+    ``lab`` is the notebook's two-digit number ("00".."05"); it selects the expected time shown in the banner.
+    With ``record=True`` (the default) setup also starts a fresh metrics run for ``lab`` (``labkit.report.start``:
+    earlier metrics of this process are forgotten); what the notebook then records with ``labkit.report.record``
+    and ``labkit.exercises.check`` is written to ``$LABKIT_METRICS`` (``labkit run`` sets it to
+    ``runs/<profile>/<stem>/metrics.json``) or, without it, kept in memory. The banner says which;
+    ``record=False`` leaves the metrics alone (for commands and scripts that are not a lab).
     """
     name = resolve_profile(profile)
     if lab is not None and lab not in LABS:
@@ -135,11 +145,10 @@ def setup(
     seed_everything(seed)
     home = kit_home()
     expected = lab_info(lab).minutes(name, dev.type) if lab is not None else None
-    cfg = Config(name, dev, seed, n_threads, home, lab, expected)
-
-    from labkit import report  # late import: report imports nothing heavy, but keeps this module standalone
-
-    report.start(cfg)
+    cfg = Config(name, dev, seed, n_threads, home, lab, expected, record=record,
+                 metrics_file=report.metrics_file() if record else None)
+    if record:
+        report.start(cfg)
     if not quiet:
         print(cfg.banner())
     return cfg

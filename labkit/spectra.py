@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from labkit.methods.checks import require_finite
+
 __all__ = ["energy_fraction", "singular_values"]
 
 
@@ -18,8 +20,7 @@ def _check_matrix(W: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"expected a torch.Tensor, got {type(W).__name__}")
     if W.ndim < 2:
         raise ValueError(f"expected a matrix [..., d_out, d_in], got shape {list(W.shape)}")
-    if not torch.isfinite(W).all():
-        raise ValueError("the matrix contains NaN or inf; check the weights you loaded")
+    require_finite(W, "the matrix contains NaN or inf; check the weights you loaded")
     return W if W.is_floating_point() else W.float()
 
 

@@ -96,9 +96,9 @@ class LayerExplorer(_Explorer):
 class TreeExplorer(_Explorer):
     """Pick a tree and λ; see MoTHer's recovered tree next to the true one, wrong edges in red (lab 01).
 
-    ``cases``: ``{name: labkit.trees.TreeCase}`` (from ``labkit.trees.tree_cases``); ``lambdas``: the λ values of the
-    slider; ``reverse``: the kurtosis orientation (see ``labkit.methods.mother.direction_matrix``). The callback
-    calls ``labkit.trees.recover_view`` and ``labkit.plots.tree_comparison_figure``.
+    ``cases``: ``{name: labkit.forests.TreeCase}`` (from ``labkit.forests.tree_cases``); ``lambdas``: the λ values
+    of the slider; ``reverse``: the kurtosis orientation (see ``labkit.methods.mother.direction_matrix``). The
+    callback calls ``labkit.forests.recover_view`` and ``labkit.plots.tree_comparison_figure``.
     """
 
     def __init__(self, cases: dict, lambdas=(0.0, 0.1, 0.3, 1.0, 3.0), lam: float = 0.3, reverse: bool = False,
@@ -116,8 +116,8 @@ class TreeExplorer(_Explorer):
 
     def update(self) -> dict:
         """Recompute for the current controls; returns (and keeps) the new state."""
+        from labkit.forests import recover_view
         from labkit.plots import tree_comparison_figure
-        from labkit.trees import recover_view
 
         name, case = self.tree.value, self.cases[self.tree.value]
         view = recover_view(case, self.lam.value, self.reverse)

@@ -95,6 +95,30 @@ def test_card_that_is_not_a_mapping(tmp_path):
         open_lora_wise(tmp_path, "low_8")
 
 
+@pytest.mark.parametrize("header, says", [
+    ("configs: [unclosed\n", "the YAML header does not parse"),
+    ("[" * 50_000 + "]" * 50_000 + "\n", "the YAML header does not parse"),  # nesting past the recursion limit
+    ("1: one\nconfigs: []\n", "the YAML header does not parse (keywords must be strings)"),
+    ("just text\n", "the YAML header is a str, not a mapping"),
+])
+def test_bad_card_headers_are_one_line_naming_the_card(tmp_path, header, says):
+    (tmp_path / "README.md").write_text(f"---\n{header}---\nbody\n")
+    with pytest.raises(BenchmarkFormatError, match=r"README.md: ") as err:
+        open_lora_wise(tmp_path, "low_8")
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_card_size_is_checked_before_parsing_and_a_card_without_header_is_ignored(tmp_path, monkeypatch):
+    from labkit.datasets import _parquet
+
+    shutil.copytree(FIX / "low", tmp_path / "low")
+    (tmp_path / "README.md").write_text("# LoRA-WiSE\n\nno YAML header here\n")
+    assert len(open_lora_wise(tmp_path, "low_8")) == 6  # the folder layout
+    monkeypatch.setattr(_parquet, "MAX_CARD_BYTES", 10)
+    with pytest.raises(UnsafeInputError, match="README.md"):
+        open_lora_wise(tmp_path, "low_8")
+
+
 def test_empty_config_is_an_error(tmp_path):
     (tmp_path / "low_8").mkdir()
     pq.write_table(pq.read_table(LOW).slice(0, 0), tmp_path / "low_8" / "train-0.parquet")

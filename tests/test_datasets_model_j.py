@@ -21,7 +21,7 @@ from labkit.datasets.model_j import (
     read_header,
     read_tensors,
 )
-from labkit.safe_io import UnsafeInputError
+from labkit.safe_io import CorruptFileError, UnsafeInputError
 
 FIX = Path(__file__).parent / "fixtures" / "model_j"
 DENSE = "vit.encoder.layer.7.attention.output.dense.weight"
@@ -71,7 +71,7 @@ def _copy(tmp_path):
 def test_truncated_file(tmp_path):
     _, path = _copy(tmp_path)
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(BenchmarkFormatError, match="truncated"):
+    with pytest.raises(CorruptFileError, match="truncated"):
         open_model_j(tmp_path, "SupViT").models("val")
 
 
@@ -143,14 +143,14 @@ def test_duplicate_tensor_names_are_refused(tmp_path):
     entry = '{"dtype":"F32","shape":[1],"data_offsets":[%d,%d]}'
     header = '{"w":' + entry % (0, 4) + ',"w":' + entry % (4, 8) + "}"
     path = _raw_safetensors(tmp_path / "d.safetensors", header, bytes(8))
-    with pytest.raises(BenchmarkFormatError, match=r"d.safetensors: the safetensors header names 'w' twice"):
+    with pytest.raises(CorruptFileError, match=r"d.safetensors: the safetensors header names 'w' twice"):
         read_header(path)
     ok = _raw_safetensors(tmp_path / "ok.safetensors", '{"w":' + entry % (0, 4) + ',"v":' + entry % (4, 8) + "}",
                           bytes(8))
     assert read_header(ok)[0] == {"w": ("F32", [1]), "v": ("F32", [1])}
     big = tmp_path / "big.safetensors"
     big.write_bytes((10**9).to_bytes(8, "little") + b"{}")
-    with pytest.raises(BenchmarkFormatError, match="header of 1,000,000,000 bytes"):
+    with pytest.raises(CorruptFileError, match="header of 1,000,000,000 bytes"):
         read_header(big)
 
 
@@ -180,5 +180,5 @@ def test_file_names_that_are_not_utf8(tmp_path):
     assert read_header(name) == read_header(original(val))
     assert torch.equal(read_tensors(name, [DENSE])[DENSE], load_file(str(original(val)))[DENSE])
     name.write_bytes(name.read_bytes()[:100])
-    with pytest.raises(BenchmarkFormatError, match=r"d\\udcff/m\\udcff.safetensors is not a readable"):
+    with pytest.raises(CorruptFileError, match=r"d\\udcff/m\\udcff.safetensors is not a readable"):
         read_header(name)

@@ -18,9 +18,9 @@ from labkit.datasets.probegen_zoos import (
     load_cifar10_gs,
     load_inr_zoo,
     load_wild_park,
-    stack_params,
 )
 from labkit.safe_io import UnsafeInputError
+from labkit.training import stack_states
 
 FIX = Path(__file__).parent / "fixtures" / "probegen"
 GS = FIX / "small-zoo-cifar10"
@@ -89,8 +89,8 @@ def test_wild_park_safe_load():
     assert wp.scores.tolist() == pytest.approx([0.4]) and wp.steps.tolist() == [10]
     test = load_wild_park(FIX / "cnn_wild", FIX / "cnn_park_splits.json", "test")
     assert test.configs[0]["kernel_size"] == 5  # a plain-dict config
-    with pytest.raises(BenchmarkFormatError, match="different architectures"):
-        stack_params(wp.states + test.states)
+    with pytest.raises(ValueError, match="different architectures"):
+        stack_states(wp.states + test.states)
 
 
 def test_wild_park_wrong_schema(tmp_path):

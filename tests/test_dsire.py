@@ -91,7 +91,7 @@ def test_bad_inputs_get_one_line_errors():
     with pytest.raises(ValueError, match="n_train_sets"):
         dsire.split_sets(10, 10)
     with pytest.raises(ValueError, match="same 3 models"):
-        dsire.evaluate({"v": torch.randn(3, 2)}, [1, 2, 3], ["a", "b"])
+        dsire.cross_validate({"v": torch.randn(3, 2)}, [1, 2, 3], ["a", "b"])
     with pytest.raises(ValueError, match="vote"):
         dsire.predict({"v": torch.randn(2, 2)}, torch.tensor([1, 2]), {"v": torch.randn(1, 2)}, vote="median")
 
@@ -166,9 +166,9 @@ def _loop_reference(feats, sizes, sets, n_train_sets, repeats, seed):
     return out
 
 
-def test_evaluate_matches_a_plain_loop_of_the_official_procedure_and_counts_90_train_210_test():
+def test_cross_validate_matches_a_plain_loop_of_the_official_procedure_and_counts_90_train_210_test():
     feats, sizes, sets = _fixture()
-    res = dsire.evaluate(feats, sizes, sets, n_train_sets=15, repeats=10, seed=42)
+    res = dsire.cross_validate(feats, sizes, sets, n_train_sets=15, repeats=10, seed=42)
     ref = _loop_reference(feats, sizes, sets, 15, 10, 42)
     for m in dsire.METRICS:
         np.testing.assert_allclose(res[m], [r[m] for r in ref], rtol=1e-12)
@@ -178,27 +178,27 @@ def test_evaluate_matches_a_plain_loop_of_the_official_procedure_and_counts_90_t
     assert 50 < res["accuracy_mean"] < 100 and res["mae_mean"] > 0  # a learnable but imperfect signal
     # string names (the low range's Concept101 folders): set_order fixes which name index i means
     order = [f"concept{k}" for k in range(50, 0, -1)]
-    named = dsire.evaluate(feats, sizes, [f"concept{s}" for s in sets], 15, 10, 42, set_order=order)
+    named = dsire.cross_validate(feats, sizes, [f"concept{s}" for s in sets], 15, 10, 42, set_order=order)
     assert named["splits"][0][0] == order[40]
     with pytest.raises(ValueError, match="set_order"):
-        dsire.evaluate(feats, sizes, sets, 15, 1, 42, set_order=list(range(1, 50)))
+        dsire.cross_validate(feats, sizes, sets, 15, 1, 42, set_order=list(range(1, 50)))
     # 15 sets × 6 sizes = 90 training models, 35 × 6 = 210 test models per split
     assert sum(s in res["splits"][0] for s in sets) == 90 and sum(s not in res["splits"][0] for s in sets) == 210
 
 
 def test_global_min_max_scaling_is_a_no_op_and_a_clean_signal_is_perfect():
     feats, sizes, sets = _fixture(n_sets=12, noise=0.3, seed=1)
-    res = dsire.evaluate(feats, sizes, sets, n_train_sets=4, repeats=5)
+    res = dsire.cross_validate(feats, sizes, sets, n_train_sets=4, repeats=5)
     lo = min(v.min() for v in feats.values())
     hi = max(v.max() for v in feats.values())
-    scaled = dsire.evaluate({k: (v - lo) / (hi - lo) for k, v in feats.items()}, sizes, sets, n_train_sets=4,
+    scaled = dsire.cross_validate({k: (v - lo) / (hi - lo) for k, v in feats.items()}, sizes, sets, n_train_sets=4,
                             repeats=5)
     for m in dsire.METRICS:
         assert scaled[m] == pytest.approx(res[m])
     clean, sizes, sets = _fixture(n_sets=12, noise=0.0)
-    perfect = dsire.evaluate(clean, sizes, sets, n_train_sets=3, repeats=3)
+    perfect = dsire.cross_validate(clean, sizes, sets, n_train_sets=3, repeats=3)
     assert perfect["accuracy_mean"] == 100 and perfect["mae_mean"] == 0 and perfect["mape_std"] == 0
-    avg = dsire.evaluate(feats, sizes, sets, n_train_sets=4, repeats=5, vote="average")
+    avg = dsire.cross_validate(feats, sizes, sets, n_train_sets=4, repeats=5, vote="average")
     assert set(avg) == set(res)
 
 

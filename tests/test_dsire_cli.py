@@ -88,7 +88,7 @@ def test_set_order_and_json_file(tmp_path, capsys):
     assert res["dsire"]["splits"] == [[["wooden_pot", "backpack"][i] for i in s] for s in first]
 
 
-def test_round_trip_on_an_exported_zoo_equals_evaluate_on_the_zoo(diffusion, tmp_path, capsys):
+def test_round_trip_on_an_exported_zoo_equals_cross_validate_on_the_zoo(diffusion, tmp_path, capsys):
     E.export_lora_wise(diffusion, tmp_path)
     rows = [r for r in diffusion.rows() if r.get("zoo") == "size"]
     set_order = list(dict.fromkeys(r["set"] for r in rows))  # the export numbers sets 1, 2, … in this order
@@ -100,8 +100,8 @@ def test_round_trip_on_an_exported_zoo_equals_evaluate_on_the_zoo(diffusion, tmp
         A = {k: torch.stack([f[k][0] for f in factors]).double() for k in factors[0]}
         B = {k: torch.stack([f[k][1] for f in factors]).double() for k in factors[0]}
         sizes, sets = [r["n"] for r in members], [r["set"] for r in members]
-        direct = dsire.evaluate(dsire.dsire_features(A, B), sizes, sets, 1, 10, 42, set_order=set_order)
-        frob = dsire.evaluate(dsire.frobenius_features(A, B), sizes, sets, 1, 10, 42, set_order=set_order)
+        direct = dsire.cross_validate(dsire.dsire_features(A, B), sizes, sets, 1, 10, 42, set_order=set_order)
+        frob = dsire.cross_validate(dsire.frobenius_features(A, B), sizes, sets, 1, 10, 42, set_order=set_order)
         assert res["n_models"] == len(members) and res["n_layers"] == len(A) and res["n_voters"] == 3 * len(A)
         for m in dsire.METRICS:
             assert res["dsire"][m] == direct[m] and res["frobenius_nn"][m] == frob[m]

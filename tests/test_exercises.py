@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import labkit
-import labkit.exercise_bank
 from labkit import report
 from labkit.exercises import EXERCISES, check, run_cases
 from labkit.nbtools import exercise_ids, read_notebook

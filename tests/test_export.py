@@ -127,9 +127,9 @@ def test_lowra_export_of_15_loras_has_the_benchmarks_exact_80_columns(diffusion,
     by_hand = _merged_by_hand(diffusion, rows, base)
     sub = open_lowra(tmp_path, "digit-diffusion")
     assert sub.n_layers == len(dd.LORA_TARGETS) and sub.lora_ids == list(range(15))
-    info = sub.layer_info(0)
-    assert info["lora_names"] == [r["id"] for r in rows] and info["ranks"] == [8] * 15
-    assert info["pre_ft_name"] == dd.BASE_MODEL_NAME
+    first = next(sub.iter_layers(layers=[0]))
+    assert first.lora_names == [r["id"] for r in rows] and first.rank.tolist() == [8] * 15
+    assert set(pq.read_table(path, columns=["pre_ft_name"]).column(0).to_pylist()) == {dd.BASE_MODEL_NAME}
     for layer in sub.iter_layers():
         assert layer.layer_model == "denoiser"
         module = layer.layer_name.removesuffix(".weight")
@@ -166,3 +166,23 @@ def test_export_command(minilm, tmp_path, monkeypatch, capsys):
     assert open_lowra(out, "minilm-lora").n_layers == 6
     assert main(["export", "minilm-lora", "--format", "lora-wise", "--profile", "smoke", "--out", str(out)]) == 2
     assert "digit-diffusion" in capsys.readouterr().err
+
+
+def test_readme_configs_are_merged_into_an_existing_card(tmp_path):
+    from labkit.datasets._parquet import card_patterns
+
+    card = tmp_path / "README.md"
+    card.write_text("---\nlicense: mit\nconfigs:\n- config_name: old\n  data_files:\n  - split: train\n"
+                    "    path: old/train-*\n---\n# My benchmark\n\nNotes kept.\n")
+    E.write_readme_configs(tmp_path, {"new": "new/train-*", "old": "old2/train-*"})
+    text = card.read_text()
+    assert text.endswith("# My benchmark\n\nNotes kept.\n") and "license: mit" in text
+    assert _configs(tmp_path) == {"new": {"split": "train", "path": "new/train-*"},
+                                  "old": {"split": "train", "path": "old2/train-*"}}
+    assert card_patterns(tmp_path, "new") == ["new/train-*"] and card_patterns(tmp_path, "gone") is None
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    E.write_readme_configs(fresh, {"a": "a/train-*"})
+    assert _configs(fresh) == {"a": {"split": "train", "path": "a/train-*"}}
+    assert "Exported from a labkit mini-jungle zoo" in (fresh / "README.md").read_text()
+    assert sorted(p.name for p in fresh.iterdir()) == ["README.md"]  # no temporary file left behind

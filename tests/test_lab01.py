@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import trees
 from labkit.cli import main
+from labkit.forests import Forest, forest_scores, recover_view, regime_forest, sibling_shortcuts, tree_cases
+from labkit.kurtosis_runs import kurtosis_trajectory
 from labkit.methods import mother
 from labkit.plots import forest_figure, tree_comparison_figure, tree_layout
+from labkit.replicate.trees import load_folder
+from labkit.tree_probe import multi_hot, within_vs_mixed
 from labkit.widgets import TreeExplorer
 from labkit.zoo.store import ZooStore, save_safetensors
 
@@ -78,7 +81,7 @@ def test_recover_peft_adapters_merged_onto_their_base(tmp_path, capsys):
                           "base_model.model.fc.lora_B.weight": torch.randn(6, r, generator=g)})
         (folder / "adapter_config.json").write_text(json.dumps(
             {"r": r, "lora_alpha": 2 * r, "base_model_name_or_path": "someone/base", "peft_type": "LORA"}))
-    ids, states = trees.load_folder(tmp_path)
+    ids, states = load_folder(tmp_path)
     assert ids == ["base", "ad1", "ad2"]
     assert torch.linalg.matrix_rank(states[2]["fc.weight"] - states[0]["fc.weight"]) == 2
     D = mother.rank_distance(mother.stack_layers(states))
@@ -143,43 +146,43 @@ def test_recover_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
 # ------------------------------------------------------------------------------------- forests and helpers
 
 
-def tiny_forest() -> trees.Forest:
+def tiny_forest() -> Forest:
     models = tiny_tree(0) | {f"x{k}": v for k, v in tiny_tree(1).items()}
     ids = list(models)
     parents = {"c1": "root", "c2": "root", "g1": "c1", "xc1": "xroot", "xc2": "xroot", "xg1": "xc1"}
     layers = mother.stack_layers([models[i] for i in ids])
-    return trees.Forest(ids, layers, np.array([ids.index(parents[i]) if i in parents else -1 for i in ids]),
+    return Forest(ids, layers, np.array([ids.index(parents[i]) if i in parents else -1 for i in ids]),
                         np.array([0] * 4 + [1] * 4), ["t0", "t1"], ["pretrain", "full", "full", "full"] * 2)
 
 
-def test_evaluate_recovers_tiny_forest_and_shuffling_keeps_answers():
+def test_forest_scores_recovers_tiny_forest_and_shuffling_keeps_answers():
     forest = tiny_forest()
     shuffled = forest.shuffled(1)
     assert sorted(shuffled.ids) == sorted(forest.ids)
     named = {(shuffled.ids[p], shuffled.ids[c]) for p, c in shuffled.true_edges}
     assert named == {(forest.ids[p], forest.ids[c]) for p, c in forest.true_edges}
-    ev = trees.evaluate({"toy": forest}, "lora", (0.0, 0.3), reverse=True)
+    ev = forest_scores({"toy": forest}, "lora", (0.0, 0.3), reverse=True)
     assert ev["edge_accuracy"] == 1.0 and ev["cluster_accuracy"] == 1.0 and ev["edges"] == 6
-    assert trees.evaluate({"toy": forest}, "lora", reverse=False)["edge_accuracy"] < 1.0
+    assert forest_scores({"toy": forest}, "lora", reverse=False)["edge_accuracy"] < 1.0
 
 
 def test_regime_forest_keeps_one_kind_of_edge():
     forest = tiny_forest()
     forest.kinds = ["pretrain", "lora", "full", "lora"] * 2  # g1 is a LoRA grandchild of a LoRA child
-    lora = trees.regime_forest(forest, "lora")
+    lora = regime_forest(forest, "lora")
     assert lora.ids == ["root", "c1", "xroot", "xc1"] and lora.true_edges == [(0, 1), (2, 3)]
-    ft = trees.regime_forest(forest, "ft")
+    ft = regime_forest(forest, "ft")
     assert ft.ids == ["root", "c2", "xroot", "xc2"]
     with pytest.raises(ValueError, match="regime"):
-        trees.regime_forest(forest, "dora")
+        regime_forest(forest, "dora")
 
 
 def test_recover_view_and_tree_cases():
-    cases = trees.tree_cases(tiny_forest(), "lora")
+    cases = tree_cases(tiny_forest(), "lora")
     assert list(cases) == ["t0", "t1"] and cases["t0"].D.shape == (4, 4)
-    good = trees.recover_view(cases["t0"], 0.3, reverse=True)
+    good = recover_view(cases["t0"], 0.3, reverse=True)
     assert good["edge_accuracy"] == 1.0 and good["wrong"] == [] and good["missed"] == []
-    bad = trees.recover_view(cases["t0"], 0.3, reverse=False)
+    bad = recover_view(cases["t0"], 0.3, reverse=False)
     assert bad["edge_accuracy"] < 1.0 and bad["wrong"]
 
 
@@ -187,7 +190,7 @@ def test_sibling_shortcuts_names_a_fan_read_as_a_snake():
     forest = tiny_forest()
     pred = forest.parents.copy()
     pred[2] = 1  # c2 hung under its sibling c1 (c1 moved less than c2 from the root)
-    s = trees.sibling_shortcuts(forest, pred)
+    s = sibling_shortcuts(forest, pred)
     assert s["wrong"] == 1 and s["sibling_shortcuts"] == 1 and s["share"] == 1.0
     assert abs(s["sibling_cosine"]) < 1e-9  # the spikes sit in different layers: orthogonal updates
 
@@ -196,12 +199,12 @@ def test_probe_within_tree_beats_mixed_and_cross():
     g = torch.Generator().manual_seed(0)
     n, t = 60, 3
     classes = [torch.randperm(10, generator=g)[:5].tolist() for _ in range(n * t)]
-    Y = trees.multi_hot(classes)
+    Y = multi_hot(classes)
     tree_ids = np.repeat(np.arange(t), n)
     proj = [torch.randn(10, 40, generator=g) for _ in range(t)]  # each tree codes the classes its own way
     X = torch.cat([Y[k * n:(k + 1) * n] @ proj[k] for k in range(t)]) + 0.1 * torch.randn(n * t, 40, generator=g)
     test = np.tile(np.arange(n) >= 45, t)
-    res = trees.within_vs_mixed(X, Y, tree_ids, ~test, test, repeats=3)
+    res = within_vs_mixed(X, Y, tree_ids, ~test, test, repeats=3)
     assert res["within"] > 0.95 and res["within"] > res["mixed"] + 0.05 and res["cross"] < 0.7
     assert Y.shape == (n * t, 10) and Y.sum(1).eq(5).all()
 
@@ -210,7 +213,7 @@ def test_kurtosis_trajectory_shape_and_start():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     X, y = torch.randn(40, 8), torch.randint(0, 3, (40,))
-    K = trees.kurtosis_trajectory(model, X, y, [torch.arange(40), torch.arange(20)], [1e-2, 1e-3], epochs=2)
+    K = kurtosis_trajectory(model, X, y, [torch.arange(40), torch.arange(20)], [1e-2, 1e-3], epochs=2)
     assert K.shape == (2, 3) and torch.isfinite(K).all()
     assert K[0, 0] == K[1, 0] == mother.kurtosis({"w": model[0].weight.detach()[None].expand(2, 8, 8)})[0]
 
@@ -245,7 +248,7 @@ def test_tree_figures():
 
 
 def test_tree_explorer_callbacks_update_state():
-    cases = trees.tree_cases(tiny_forest(), "lora")
+    cases = tree_cases(tiny_forest(), "lora")
     ex = TreeExplorer(cases, lambdas=(0.0, 0.3, 1.0), lam=0.3, reverse=True)
     assert ex.state["tree"] == "t0" and ex.state["edge_accuracy"] == 1.0
     first = bytes(ex.image.value)
@@ -254,7 +257,7 @@ def test_tree_explorer_callbacks_update_state():
     assert ex.state["tree"] == "t1" and "t1" in ex.label.value
     ex.lam.value = 0.0
     assert ex.state["lam"] == 0.0
-    assert ex.state == {"tree": "t1", **trees.recover_view(cases["t1"], 0.0, True)} | {"parents": ex.state["parents"]}
+    assert ex.state == {"tree": "t1", **recover_view(cases["t1"], 0.0, True)} | {"parents": ex.state["parents"]}
     with pytest.raises(ValueError, match="at least one tree"):
         TreeExplorer({})
 

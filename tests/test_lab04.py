@@ -52,7 +52,7 @@ def test_dsire_explorer_follows_its_controls():
     A, B, sizes, sets = _zoo()
     f = dsire.dsire_features(A, B)
     ks = [1, 2, 3, 4]
-    runs = [dsire.evaluate(f, sizes, sets, k, repeats=3) for k in ks]
+    runs = [dsire.cross_validate(f, sizes, sets, k, repeats=3) for k in ks]
     curve = {"n_train_sets": ks, "accuracy_mean": [r["accuracy_mean"] for r in runs],
              "accuracy_std": [r["accuracy_std"] for r in runs]}
     ex = DSiReExplorer(f, sizes, sets, [f"m{i}" for i in range(len(sizes))], curve, n_train_sets=2)

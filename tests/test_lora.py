@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.lora import BatchedLoRA, fit_batched, lora_delta, lora_factors
+from labkit.lora import BatchedLoRA, lora_delta, lora_factors
 from labkit.models.mlp import make_mlp
+from labkit.training import fit_stacked, lora_parameters
 
 torch.set_num_threads(1)
 
@@ -69,7 +70,8 @@ def test_batched_training_equals_peft_loop():
         return nn.functional.cross_entropy(logits.reshape(K * N, -1), y.reshape(-1), reduction="none") \
             .reshape(K, N).mean(1)
 
-    history = fit_batched(lora, loss_fn, steps=steps, lr=lr)
+    params = lora_parameters(lora)
+    history = fit_stacked(params, loss_fn, steps, torch.optim.Adam(params.values(), lr=lr))
     assert history.shape == (steps, K)
     assert (history[-1] < history[0]).all()  # it learned something, so the comparison below is not vacuous
 

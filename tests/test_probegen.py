@@ -8,7 +8,7 @@ from scipy.stats import kendalltau
 
 from labkit.methods import probegen as pg
 from labkit.models import make_cnn, make_siren
-from labkit.zoo.train import init_states, stack_states
+from labkit.training import init_states, stack_states
 
 
 def _sirens(n, seed=0, bias=None):
@@ -173,12 +173,12 @@ def test_a_seeded_tiny_run_beats_chance(depth):
 def test_synthetic_baseline_and_statnn_on_a_toy_regression():
     nets, _ = _cnn_zoo()
     y = torch.cat([g.params["fc.bias"].mean(1) for g in nets.groups])
-    feats = torch.cat([pg.statnn_features(g.params) for g in nets.groups])
+    feats = torch.cat([pg.statnn_param_features(g.params) for g in nets.groups])
     assert feats.shape == (12, 8 * 7)
     run = pg.train_probegen("cnn", nets, y, nets, y, fixed_probes=pg.dead_leaves(6), d_hid=32, epochs=5,
                             batch_size=4, lr=1e-3)
     assert run.probes.shape == (6, 1, 8, 8)
-    assert -1 <= pg.evaluate(run.model, pg.TASKS["cnn"], nets, y) <= 1
+    assert -1 <= pg.task_metric(run.model, pg.TASKS["cnn"], nets, y) <= 1
     assert pg.statnn_baseline(feats, y, feats, y) > 0.8  # the fc bias is one of the statistics
 
 

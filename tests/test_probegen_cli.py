@@ -106,7 +106,7 @@ def test_cnn_zoo_command(data, capsys, method):
 
 
 def test_inr_matches_direct_call(data, tmp_path, capsys):
-    """The command's accuracy is train_probegen + evaluate on the loader's tensors with the same seed."""
+    """The command's accuracy is train_probegen + task_metric on the loader's tensors with the same seed."""
     out = tmp_path / "r.json"
     rc, _, err = _run(["--inr", str(data / "fmnist_inrs"), "--probes", "8", "--epochs", "3", "--seed", "3",
                        "--device", "cpu", "--json", str(out)], capsys)
@@ -116,12 +116,12 @@ def test_inr_matches_direct_call(data, tmp_path, capsys):
         params, labels = load_inr_zoo(data, data / "fmnist_splits.json", split)
         nets[split] = (pg.Networks([pg.NetGroup(Siren(32).eval(), params)]), labels)
     run = pg.train_probegen("inr", *nets["train"], *nets["val"], n_probes=8, gen_depth=2, epochs=3, seed=3)
-    assert json.loads(out.read_text())["test"] == pytest.approx(100 * pg.evaluate(run.model, pg.TASKS["inr"],
-                                                                                  *nets["test"]), abs=1e-9)
+    direct = pg.task_metric(run.model, pg.TASKS["inr"], *nets["test"])
+    assert json.loads(out.read_text())["test"] == pytest.approx(100 * direct, abs=1e-9)
 
 
 def test_cifar10_gs_matches_direct_call(tmp_path, capsys):
-    """One activation: the command's τ is train_probegen + evaluate on load_cifar10_gs's tensors, renamed."""
+    """One activation: the command's τ is train_probegen + task_metric on load_cifar10_gs's tensors, renamed."""
     root = write_public_probegen(tmp_path, n_inr=(2, 2, 2), n_gs=48, activations=("relu",))
     rc, stdout, err = _run(["--cnn-zoo", str(root / "small-zoo-cifar10"), "--probes", "4", "--epochs", "3",
                             "--device", "cpu"], capsys)
@@ -137,7 +137,7 @@ def test_cifar10_gs_matches_direct_call(tmp_path, capsys):
         stacked = {new: params[old] for new, old in zip(names, GS_NAMES)}
         nets[split] = (pg.Networks([pg.NetGroup(SmallCNN([1, 16, 16, 16], "relu").eval(), stacked)]), acc)
     run = pg.train_probegen("cifar10-gs", *nets["train"], *nets["val"], n_probes=4, gen_depth=6, epochs=3, seed=1)
-    tau = pg.evaluate(run.model, pg.TASKS["cifar10-gs"], *nets["test"])
+    tau = pg.task_metric(run.model, pg.TASKS["cifar10-gs"], *nets["test"])
     assert json.loads(stdout)["test"] == pytest.approx(tau, abs=1e-9)
 
 
@@ -176,13 +176,12 @@ def test_inr_fixture_loads(capsys):
     (["--cnn-zoo", "{tmp}/nowhere"], "smallcnnzoo-dataset"),
     (["--inr", "{data}/small-zoo-cifar10"], "INR split JSON not found"),
     (["--cnn-zoo", "{data}/fmnist_inrs"], "CIFAR10-GS weights.npy not found"),
-    (["--cnn-zoo", "{data}/small-zoo-cifar10", "--method", "magic"], "unknown method 'magic'; choose one of "
-                                                                      "probegen, vanilla, synthetic"),
+    (["--cnn-zoo", "{data}/small-zoo-cifar10", "--method", "magic"], "argument --method: invalid choice: 'magic'"),
     (["--cnn-zoo", "{data}/small-zoo-cifar10", "--method", "vanilla", "--gen-depth", "3"], "--gen-depth applies"),
     (["--cnn-zoo", "{data}/small-zoo-cifar10", "--gen-depth", "3", "--epochs", "1"], "deep_linear_5 and deep_linear_6"),
     (["--inr", "{data}/fmnist_inrs", "--split-file", "x.csv"], "--split-file applies to --cnn-zoo"),
     (["--inr", "{data}/fmnist_inrs", "--epochs", "0"], "--probes and --epochs must be positive, got 128 and 0"),
-    ([], "give either --inr DIR"),
+    ([], "one of the arguments --inr --cnn-zoo is required"),
 ])
 def test_errors_are_one_line(data, tmp_path, capsys, args, message):
     args = [a.format(tmp=tmp_path, data=data) for a in args]

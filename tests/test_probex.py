@@ -258,14 +258,12 @@ def test_retrieval_explorer_runs_the_search_on_every_change():
     assert calls == [0.2] and len(ex.state["ids"]) == 2  # a nonzero γ is passed on to the search
 
 
-def test_retrieval_and_sweep_figures():
-    from labkit.plots import layer_sweep_figure, retrieval_figure
+def test_retrieval_figure():
+    from labkit.plots import retrieval_figure
 
     res = _search("q", 3)
     fig = retrieval_figure("q", res["descriptions"], res["scores"], res["samples"])
     assert len(fig.axes) == 3
-    fig = layer_sweep_figure(["fc1", "fc2", "fc3"], {"ProbeX": [0.6, 0.7, 0.9], "StatNN": [0.5, 0.5, 0.5]}, 0.5)
-    assert len(fig.axes[0].lines) == 3
 
 
 def test_evaluation_cadence_is_the_official_one_and_no_val_keeps_the_last_epoch():

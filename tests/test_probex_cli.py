@@ -12,7 +12,7 @@ import torch
 from labkit.cli import main
 from labkit.methods import probex as px
 from labkit.replicate.probex import PAPER, probex_model_j
-from labkit.trees import multi_hot
+from labkit.tree_probe import multi_hot
 from labkit.zoo import export as E
 
 torch.set_num_threads(1)

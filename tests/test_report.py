@@ -34,6 +34,21 @@ def test_setup_starts_a_fresh_run(kit_home):
     assert report.metrics() == {}
 
 
+def test_setup_says_where_metrics_go_and_can_leave_them_alone(kit_home, tmp_path, monkeypatch, capsys):
+    cfg = labkit.setup("smoke", lab="04")
+    assert capsys.readouterr().out.rstrip().endswith("| recording metrics in memory ($LABKIT_METRICS unset)")
+    assert cfg.record and cfg.metrics_file is None
+    report.record("a", 1)
+    target = tmp_path / "metrics.json"
+    monkeypatch.setenv("LABKIT_METRICS", str(target))
+    cfg = labkit.setup("smoke", lab="04", record=False)
+    assert capsys.readouterr().out.rstrip().endswith("| metrics not recorded")
+    assert not cfg.record and list(report.metrics()) == ["a"] and not target.exists()
+    cfg = labkit.setup("smoke", lab="04")
+    assert capsys.readouterr().out.rstrip().endswith(f"| recording metrics to {target}")
+    assert cfg.metrics_file == target and report.metrics() == {} and target.is_file()
+
+
 def _fake_run(root, stem, metrics, seconds=3.0):
     path = root / "smoke" / stem / "metrics.json"
     path.parent.mkdir(parents=True)

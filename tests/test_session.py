@@ -1,4 +1,5 @@
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +60,22 @@ def test_setup_rejects_unknown_lab(kit_home):
 def test_kit_home_default_is_the_checkout(monkeypatch):
     monkeypatch.delenv("LABKIT_HOME", raising=False)
     assert kit_home().name == ".labkit" and (kit_home().parent / "pyproject.toml").is_file()
+
+
+
+def test_kit_home_and_data_root_share_one_rule(monkeypatch, tmp_path):
+    from labkit import paths
+    from labkit.datasets import data_root
+
+    monkeypatch.delenv("LABKIT_HOME", raising=False)
+    monkeypatch.setenv("LABKIT_DATA", "")  # empty counts as unset
+    assert (kit_home(), data_root()) == (paths.CHECKOUT / ".labkit", paths.CHECKOUT / "data")
+    assert data_root("lora-wise") == paths.CHECKOUT / "data" / "lora_wise"
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LABKIT_DATA", "~/benchmarks")
+    assert (kit_home(), data_root()) == (tmp_path / "home", Path.home() / "benchmarks")
+    monkeypatch.delenv("LABKIT_HOME")
+    monkeypatch.delenv("LABKIT_DATA")
+    monkeypatch.setattr(paths, "CHECKOUT", tmp_path / "site-packages")  # an installed labkit: no checkout
+    monkeypatch.chdir(tmp_path)
+    assert (kit_home(), data_root()) == (tmp_path.resolve() / ".labkit", tmp_path.resolve() / "data")

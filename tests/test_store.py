@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -10,14 +11,8 @@ import pytest
 import torch
 
 from labkit.models import make_mlp
-from labkit.zoo.store import (
-    CorruptFileError,
-    ZooError,
-    ZooStore,
-    read_safetensors,
-    sha256_file,
-    zoo_key,
-)
+from labkit.safe_io import CorruptFileError
+from labkit.zoo.store import ZooError, ZooStore, read_safetensors, save_safetensors, sha256_file, zoo_key
 
 
 @pytest.fixture
@@ -116,6 +111,25 @@ def test_corrupt_and_truncated_files_give_one_clear_error(store, tmp_path):
     junk.write_bytes(b"\x00" * 3)
     with pytest.raises(CorruptFileError):
         read_safetensors(junk)
+
+
+def test_every_safetensors_reader_raises_the_one_corrupt_file_error(tmp_path):
+    """The zoo's reader, the Model-J header reader and ``labkit detune``'s lazy reader: one ``CorruptFileError``
+    (a ``ValueError``, so every command exits 2 with its one line), never a ``ZooError`` or a bare ``ValueError``."""
+    from labkit.datasets.model_j import read_header, read_tensors
+    from labkit.replicate.detune import _Weights
+
+    path = tmp_path / "m.safetensors"
+    save_safetensors(path, {"w": torch.ones(64, 64)})
+    data = path.read_bytes()
+    assert read_header(path)[0] == {"w": ("F32", [64, 64])} and _Weights(path).shapes == {"w": (64, 64)}
+    for broken in (data[: len(data) // 2], data[:5], b"\xff" * 64):
+        path.write_bytes(broken)
+        for read in (read_safetensors, read_header, lambda p: read_tensors(p, ["w"]), _Weights):
+            with pytest.raises(CorruptFileError) as info:
+                read(path)
+            assert type(info.value) is CorruptFileError and isinstance(info.value, ValueError)
+            assert not isinstance(info.value, ZooError) and str(info.value).startswith(str(path))
 
 
 def _snapshot(root) -> dict[str, bytes]:
@@ -245,11 +259,15 @@ class _DemoRecipe:
     def __init__(self, n: int = 6):
         self.n, self.written = n, []
 
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        n: int
+
     def settings(self, profile):
-        return {"n": self.n}
+        return self.Settings(self.n)
 
     def build(self, store, settings, device):
-        for i in range(settings["n"]):
+        for i in range(settings.n):
             if f"m{i}" not in store:
                 store.save_model(f"m{i}", {"w": torch.full((8,), float(i))}, {"i": i})
                 self.written.append(f"m{i}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -112,7 +113,9 @@ def smoke_store(tmp_path_factory) -> ZooStore:
 def test_smoke_build_contents(smoke_store):
     from PIL import Image
 
-    s = smoke_store.info["settings"]
+    s = zoo.recorded_settings(smoke_store)
+    assert s == dd.settings("smoke")
+    assert smoke_store.info["settings"] == json.loads(json.dumps(dataclasses.asdict(s)))
     rows = smoke_store.rows()
     assert smoke_store.complete and not smoke_store.verify_all()
     png = smoke_store.root / dd.SAMPLES_PNG
@@ -121,17 +124,17 @@ def test_smoke_build_contents(smoke_store):
     by_zoo = {}
     for r in rows:
         by_zoo.setdefault(r["zoo"], []).append(r)
-    z, c = s["size"], s["concept"]
+    z, c = s.size, s.concept
     assert len(by_zoo["root"]) == 1 and by_zoo["root"][0]["parent"] is None
-    assert len(by_zoo["size"]) == len(z["digits"]) * z["picks"] * (len(z["low"]) + len(z["medium"]))
-    assert len(by_zoo["concept"]) == len(c["digits"]) * len(c["styles"]) * c["per_concept"]
-    assert len(by_zoo["detune"]) == s["detune"]["count"]
+    assert len(by_zoo["size"]) == len(z.digits) * z.picks * (len(z.low) + len(z.medium))
+    assert len(by_zoo["concept"]) == len(c.digits) * len(c.styles) * c.per_concept
+    assert len(by_zoo["detune"]) == s.detune.count
     for r in rows[1:]:
         assert r["parent"] == "root" and r["kind"] == "adapter" and r["tree"] == "digit-diffusion"
         assert {"split", "labels", "hparams", "train_loss", "eval_loss", "flagged"} <= set(r)
         assert r["flagged"] == (not r["eval_loss"] < r["root_eval_loss"])
     held = [r for r in by_zoo["concept"] if r["heldout"]]
-    assert len({r["concept"] for r in held}) == c["heldout"] and all(r["split"] == "heldout" for r in held)
+    assert len({r["concept"] for r in held}) == c.heldout and all(r["split"] == "heldout" for r in held)
     assert all(r["description"] == f"a {r['style']} handwritten {dd.DIGIT_NAMES[r['digit']]}"
                for r in by_zoo["concept"])
     # nested subsets: a set's n images include those of its smaller n
@@ -149,18 +152,18 @@ def test_smoke_build_contents(smoke_store):
 def test_stored_adapters_load_with_peft_and_equal_the_batched_models(smoke_store):
     from peft import PeftModel
 
-    s = smoke_store.info["settings"]
-    sched = cosine_schedule(s["T"])
-    _, pool, _ = dd.digit_pool(s["pool_per_class"], s["seed"])
-    jobs = [j for j in dd._jobs(s, pool) if j["zoo"] == "size"][:s["chunk"]]
-    root = dd.load_root(smoke_store, s)
-    lora, *_ = dd._train_chunk(root, jobs, s, s["size"], sched, "cpu")  # retrain the first chunk
+    s = zoo.recorded_settings(smoke_store)
+    sched = cosine_schedule(s.T)
+    _, pool, _ = dd.digit_pool(s.pool_per_class, s.seed)
+    jobs = [j for j in dd._jobs(s, pool) if j["zoo"] == "size"][:s.chunk]
+    root = dd.load_root(smoke_store)
+    lora, *_ = dd._train_chunk(root, jobs, s, s.size, sched, "cpu")  # retrain the first chunk
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(len(jobs), 6, 64, generator=g), torch.randint(0, 100, (len(jobs), 6), generator=g)
     with torch.no_grad():
         batched = lora(x, t)
     for k in (0, len(jobs) // 2, len(jobs) - 1):
-        model = smoke_store.load_adapter(jobs[k]["id"], dd.load_root(smoke_store, s))
+        model = smoke_store.load_adapter(jobs[k]["id"], dd.load_root(smoke_store))
         assert isinstance(model, PeftModel)
         with torch.no_grad():
             assert torch.allclose(model(x[k], t[k]), batched[k], atol=1e-5)
@@ -172,16 +175,16 @@ def test_stored_adapters_load_with_peft_and_equal_the_batched_models(smoke_store
 
 
 def test_root_denoises_better_than_chance(smoke_store):
-    s = smoke_store.info["settings"]
+    s = zoo.recorded_settings(smoke_store)
     row = smoke_store.row(dd.ROOT_ID)
     assert row["test_loss"] < 0.5  # predicting ε = 0 scores 1.0
-    _, pool, _ = dd.digit_pool(s["pool_per_class"], s["seed"])
+    _, pool, _ = dd.digit_pool(s.pool_per_class, s.seed)
     x0 = to_unit(pool.reshape(-1, 64))[:200]
-    sched = cosine_schedule(s["T"])
+    sched = cosine_schedule(s.T)
     g = torch.Generator().manual_seed(3)
-    t, eps = torch.randint(0, s["T"], (200,), generator=g), torch.randn(200, 64, generator=g)
+    t, eps = torch.randint(0, s.T, (200,), generator=g), torch.randn(200, 64, generator=g)
     with torch.no_grad():
-        assert diffusion_loss(dd.load_root(smoke_store, s), x0, t, eps, sched).mean() < 0.5
+        assert diffusion_loss(dd.load_root(smoke_store), x0, t, eps, sched).mean() < 0.5
 
 
 # ------------------------------------------------------------------------------------------- determinism, resume

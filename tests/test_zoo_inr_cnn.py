@@ -1,5 +1,8 @@
 """inr and cnn-zoo smoke builds: ground truth, reloaded models reproduce what the manifest says, determinism."""
 
+import dataclasses
+import json
+
 import pytest
 import torch
 
@@ -19,8 +22,9 @@ def digits():
 def test_inr_zoo(tmp_path, digits):
     store = zoo.build("inr", profile="smoke", home=tmp_path / "a")
     cfg = inr.settings("smoke")
+    assert store.info["settings"] == dataclasses.asdict(cfg) and zoo.recorded_settings(store) == cfg
     rows = store.rows()
-    assert len(rows) == 10 * cfg["per_class"]
+    assert len(rows) == 10 * cfg.per_class
     assert {r["label"] for r in rows} == set(range(10))
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     for r in rows[:5]:
@@ -42,7 +46,8 @@ def test_cnn_zoo(tmp_path, digits):
     store = zoo.build("cnn-zoo", profile="smoke", home=tmp_path / "a")
     rows = store.rows()
     cfg = cnn_zoo.settings("smoke")
-    assert len(rows) == cfg["n_models"]
+    assert store.info["settings"] == json.loads(json.dumps(dataclasses.asdict(cfg))) and zoo.recorded_settings(store) == cfg
+    assert len(rows) == cfg.n_models
     assert len({r["hparams"]["activation"] for r in rows}) >= 3 and len({r["hparams"]["width"] for r in rows}) >= 2
     accs = [r["test_acc"] for r in rows]
     assert max(accs) > 0.8 and max(accs) - min(accs) > 0.3, "the zoo must span a range of generalisation"
@@ -54,7 +59,7 @@ def test_cnn_zoo(tmp_path, digits):
         assert acc == pytest.approx(r["test_acc"], abs=1e-3) and train == pytest.approx(r["train_acc"], abs=1e-3)
         _, meta = store.load_model(r["id"])
         assert meta["config.activation"] == r["hparams"]["activation"]
-    assert all((r["flag"] == "bad") == (r["test_acc"] <= cfg["bad_at_or_below"]) for r in rows)
+    assert all((r["flag"] == "bad") == (r["test_acc"] <= cfg.bad_at_or_below) for r in rows)
 
     # resume: a build stopped after 5 models and run again writes the same files as the fresh build
     calls = {"n": 0}

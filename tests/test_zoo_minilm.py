@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -69,7 +70,7 @@ def test_generated_tasks_are_fixed_disjoint_and_use_every_label(name):
 def test_plan_is_a_function_of_the_settings_only():
     s = R.settings("workshop")
     specs = R.plan(s)
-    assert len(specs) >= 15 and specs == R.plan(dict(s))
+    assert len(specs) >= 15 and specs == R.plan(R.settings("workshop"))
     assert len({sp["id"] for sp in specs}) == len(specs) and len({sp["seed"] for sp in specs}) == len(specs)
     assert len({sp["lr"] for sp in specs}) > 1 and len({sp["task"] for sp in specs}) == len(R.TASKS)
 
@@ -78,22 +79,22 @@ def test_plan_is_a_function_of_the_settings_only():
 
 
 def test_batched_training_matches_the_peft_loop():
-    s = {**R.settings("smoke"), "tasks": ["topic", "agent"], "steps": 4, "batch_size": 8, "n_train": 24, "n_test": 16}
+    s = dataclasses.replace(R.settings("smoke"), tasks=("topic", "agent"), steps=4, batch_size=8, n_train=24, n_test=16)
     specs = R.plan(s)
     specs[1]["lr"] = 4e-3  # two different learning rates in one batch
     bert = load_minilm().requires_grad_(False)
-    encoded = {t: R.encode_task(bert, R.make_task(t, s["n_train"], s["n_test"]), s) for t in s["tasks"]}
+    encoded = {t: R.encode_task(bert, R.make_task(t, s.n_train, s.n_test), s) for t in s.tasks}
     lora, heads, metrics = R.train_chunk(bert, specs, encoded, s)
     for k, sp in enumerate(specs):
         model, head, ref = R.train_adapter_peft(sp, encoded[sp["task"]], s)
         params = dict(model.named_parameters())
         # Adam moves an entry by at most ~lr a step and turns float noise in near-zero gradients (keys of the last
         # layer) into up to ~1e-5 differences: compare to 1 % of the largest possible movement
-        atol = 0.01 * sp["lr"] * s["steps"]
+        atol = 0.01 * sp["lr"] * s.steps
         for name, (A, B) in lora.factors(k).items():
             assert (A - params[f"base_model.model.{name}.lora_A.default.weight"]).abs().max() < atol
             assert (B - params[f"base_model.model.{name}.lora_B.default.weight"]).abs().max() < atol
-            assert B.abs().max() > 0.5 * sp["lr"] * s["steps"]  # the LoRA did move
+            assert B.abs().max() > 0.5 * sp["lr"] * s.steps  # the LoRA did move
         assert torch.allclose(heads[k][0], head[0], atol=1e-5) and torch.allclose(heads[k][1], head[1], atol=1e-5)
         for key in ("train_loss", "test_loss"):
             assert metrics[k][key] == pytest.approx(ref[key], abs=1e-4)
@@ -115,14 +116,16 @@ def _strings(obj):
 
 def test_manifest_rows_carry_the_ground_truth(smoke_zoo):
     s = R.settings("smoke")
+    assert smoke_zoo.info["settings"] == json.loads(json.dumps(dataclasses.asdict(s)))
+    assert labkit.zoo.recorded_settings(smoke_zoo) == s
     rows = smoke_zoo.rows()
     assert [r["id"] for r in rows] == [sp["id"] for sp in R.plan(s)] and len(rows) == 4
     for r in rows:
         assert r["kind"] == "adapter" and r["parent"] == BASE_MODEL_ID and r["task"] in R.TASKS
         assert r["labels"] == list(R.TASKS[r["task"]][0])
         hp = r["hparams"]
-        assert (hp["r"], hp["lora_alpha"], hp["steps"]) == (s["r"], s["lora_alpha"], s["steps"])
-        assert hp["target_modules"] == R.target_modules(s) and hp["lr"] in s["lr_choices"]
+        assert (hp["r"], hp["lora_alpha"], hp["steps"]) == (s.r, s.lora_alpha, s.steps)
+        assert hp["target_modules"] == R.target_modules(s) and hp["lr"] in s.lr_choices
         assert 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1 and r["train_loss"] >= 0
         assert r["trained_ok"] == (r["flag"] is None)
         assert set(r["files"]) == {"adapter_config.json", "adapter_model.safetensors", "head.safetensors"}
@@ -144,13 +147,13 @@ def test_every_adapter_loads_in_peft_and_is_the_low_rank_update(smoke_zoo):
 
     base_sd = {k: v.clone() for k, v in load_minilm().state_dict().items()}
     s = R.settings("smoke")
-    scale = s["lora_alpha"] / s["r"]
+    scale = s.lora_alpha / s.r
     for model_id in smoke_zoo.ids():
         folder = smoke_zoo.path(model_id)
         tensors, _ = read_safetensors(folder / "adapter_model.safetensors")
         model = PeftModel.from_pretrained(load_minilm(), str(folder))
         # the adapter's effect: the task head on the full (un-cached) adapted encoder reproduces the test accuracy
-        task = R.make_task(smoke_zoo.row(model_id)["task"], s["n_train"], s["n_test"], seed=s["seed"])
+        task = R.make_task(smoke_zoo.row(model_id)["task"], s.n_train, s.n_test, seed=s.seed)
         head, labels = R.load_head(folder)
         assert labels == list(task.labels)
         acc = (R.adapter_logits(model, head, task.test_texts).argmax(-1) == task.y_test).float().mean().item()

@@ -1,6 +1,7 @@
 """digit-trees: manifest, Model-J metadata, peft adapters, determinism and resume of a smoke build."""
 
 import ast
+import dataclasses
 import json
 
 import pytest
@@ -34,7 +35,7 @@ def build_interrupted(home, after: int):
         mp.setattr(ZooStore, "save_adapter", counting(save_adapter))
         with pytest.raises(Killed):
             zoo.build("digit-trees", profile="smoke", home=home)
-    partial = ZooStore.open("digit-trees", "smoke", digit_trees.settings("smoke"), home=home)
+    partial = ZooStore.open("digit-trees", "smoke", dataclasses.asdict(digit_trees.settings("smoke")), home=home)
     assert len(partial) == after and not partial.complete
     return zoo.build("digit-trees", profile="smoke", home=home)
 
@@ -47,11 +48,12 @@ def store(tmp_path_factory):
 
 def test_manifest_is_complete(store):
     cfg = digit_trees.settings("smoke")
+    assert store.info["settings"] == json.loads(json.dumps(dataclasses.asdict(cfg))) and zoo.recorded_settings(store) == cfg
     rows = {r["id"]: r for r in store.rows()}
-    per_root = (1 + cfg["children"] + cfg["lora_children"]
-                + cfg["grand_parents"] * (cfg["grandchildren"] + cfg["lora_grandchildren"]))
+    per_root = 1 + cfg.children + cfg.lora_children + cfg.grand_parents * (cfg.grandchildren + cfg.lora_grandchildren)
     assert len(rows) == len(digit_trees.ROOTS) * per_root and store.complete
     assert {r["id"] for r in rows.values() if r["parent"] is None} == set(digit_trees.ROOTS)
+    assert all(rows[root]["hparams"]["batch_size"] == cfg.root_batch_size for root in digit_trees.ROOTS)
     for r in rows.values():
         for key in ("tree", "parent", "split", "labels", "hparams", "train_acc", "test_acc", "flag", "sha256"):
             assert key in r, f"{r['id']} lacks {key}"
@@ -64,7 +66,7 @@ def test_manifest_is_complete(store):
     assert {(0, "model"), (1, "model"), (1, "adapter"), (2, "model"), (2, "adapter")} <= kinds
     assert len({r["hparams"]["lr"] for r in rows.values()}) > 10, "hyper-parameters must vary per model"
     ranks = {r["hparams"]["rank"] for r in rows.values() if r["kind"] == "adapter"}
-    assert ranks <= set(cfg["lora_ranks"]) and len(ranks) >= 2
+    assert ranks <= set(cfg.lora_ranks) and len(ranks) >= 2
     assert sum(r["flag"] == "ok" for r in rows.values()) >= 0.8 * len(rows)
 
 

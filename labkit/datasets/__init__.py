@@ -8,7 +8,7 @@
 | ``vthr`` | VTHR tree pickles (MoTHer) | ``load_vthr_graph(path)`` |
 | ``probegen_zoos`` | INR zoos, CIFAR10-GS, CNN Wild Park (ProbeGen) | ``load_inr_zoo``, ``load_cifar10_gs``, ``load_wild_park`` |
 | ``safe_pickle`` | allow-listed, bounded unpickling (no code runs) | ``restricted_load(file, allowed)`` |
-| ``inspect`` | what a model file or folder holds (``labkit inspect PATH``) | ``inspect_path(path)`` |
+| ``inspection`` | what a model file or folder holds (``labkit inspect PATH``) | ``inspect_path(path)`` |
 
 Every loader raises ``BenchmarkMissingError`` (a ``FileNotFoundError``) when the data is not on disk, naming the
 ``data_scripts/download.py`` command that fetches it, and ``BenchmarkFormatError`` (a ``ValueError``) with a
@@ -18,9 +18,9 @@ wrong rank. Tests run every loader on small files in the real formats (``tests/f
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from labkit.paths import kit_folder
 from labkit.safe_io import printable
 
 __all__ = ["BenchmarkFormatError", "BenchmarkMissingError", "data_root", "require"]
@@ -38,18 +38,13 @@ class BenchmarkMissingError(FileNotFoundError):
 
 
 def data_root(benchmark: str | None = None) -> Path:
-    """The folder of the downloaded public benchmarks: ``$LABKIT_DATA``, else ``data`` in the checkout.
+    """The folder of the downloaded public benchmarks: ``$LABKIT_DATA``, else ``data`` in the checkout, else
+    ``./data``.
 
     With ``benchmark`` ("lowra", "lora-wise", "model-j", "probegen") the benchmark's own sub-folder, e.g.
     ``data/lora_wise`` — where ``python data_scripts/download.py lora-wise --dest data/lora_wise`` puts it.
     """
-    env = os.environ.get("LABKIT_DATA")
-    if env:
-        root = Path(env).expanduser().resolve()
-    else:
-        checkout = Path(__file__).resolve().parents[2]
-        is_checkout = (checkout / "pyproject.toml").is_file() and (checkout / "notebooks").is_dir()
-        root = checkout / "data" if is_checkout else Path("data").resolve()
+    root = kit_folder("LABKIT_DATA", "data")
     if benchmark is None:
         return root
     if benchmark not in FOLDERS:

@@ -1,10 +1,10 @@
 """Shared parquet helpers for the hub dataset layouts (LoWRA Bench, LoRA-WiSE): find a config's shards from the
-dataset card's YAML (``configs: - config_name: X, data_files: [{split: train, path: X/train-*}]``) or from the
-folder layout, open them with pyarrow, and turn list cells into tensors."""
+dataset card's YAML (``configs: - config_name: X, data_files: [{split: train, path: X/train-*}]``, read with
+``huggingface_hub.DatasetCard``) or from the folder layout, open them with pyarrow, and turn list cells into
+tensors."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -16,29 +16,32 @@ import torch
 from labkit.datasets import BenchmarkFormatError, BenchmarkMissingError
 from labkit.safe_io import UnsafeInputError, inside, printable, read_bytes, regular_file
 
-_FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)
 MAX_CARD_BYTES = 10_000_000  # a dataset card (the real ones are a few kB)
 MAX_PATTERNS = 10_000
 
 
-def _card_yaml(card: Path) -> dict:
-    """The YAML front matter of a dataset card as a dict ({} without one); one-line errors naming the card."""
-    text = read_bytes(card, MAX_CARD_BYTES, "dataset card").decode("utf-8", errors="replace")
-    m = _FRONT.match(text)
-    if not m:
-        return {}
+def read_card(card: Path):
+    """The dataset card ``card`` (a README.md, at most ``MAX_CARD_BYTES``) as a ``huggingface_hub.DatasetCard``;
+    a card without a YAML header gets an empty one. A header that does not parse or is not a mapping is one
+    ``BenchmarkFormatError`` line naming the card."""
     import yaml
+    from huggingface_hub import DatasetCard
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
+    text = read_bytes(card, MAX_CARD_BYTES, "dataset card").decode("utf-8-sig", errors="replace")
+    block = REGEX_YAML_BLOCK.search(text)
+    if not block:  # (DatasetCard would log a warning and parse the same)
+        text = "---\n{}\n---\n" + text
     try:
-        meta = yaml.safe_load(m.group(1)) or {}
-    except (yaml.YAMLError, RecursionError) as e:
+        return DatasetCard(text)
+    except (yaml.YAMLError, RecursionError, TypeError) as e:  # TypeError: a key that is not text
         why = printable(str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise BenchmarkFormatError(f"{printable(card)}: the YAML header does not parse ({why}); fix or delete the "
                                    "README") from None
-    if not isinstance(meta, dict):
-        raise BenchmarkFormatError(f"{printable(card)}: the YAML header is a {type(meta).__name__}, not a mapping; "
-                                   "fix or delete the README")
-    return meta
+    except ValueError:  # "repo card metadata block should be a dict"
+        kind = type(yaml.safe_load(block.group(2))).__name__ if block else "?"
+        raise BenchmarkFormatError(f"{printable(card)}: the YAML header is a {kind}, not a mapping; fix or delete "
+                                   "the README") from None
 
 
 def _train_patterns(files: object) -> list:
@@ -71,7 +74,7 @@ def card_patterns(root: Path, config: str) -> list[str] | None:
     card = root / "README.md"
     if not card.exists():
         return None
-    configs = _card_yaml(card).get("configs")
+    configs = getattr(read_card(card).data, "configs", None)
     for entry in configs if isinstance(configs, list) else []:
         if isinstance(entry, dict) and entry.get("config_name") == config:
             patterns = _train_patterns(entry.get("data_files"))

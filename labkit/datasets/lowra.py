@@ -11,10 +11,9 @@ Public API::
 
     sub = open_lowra(root, "vit")          # root holds vit/train-*.parquet (and optionally the README YAML)
     sub.n_layers, sub.lora_ids             # 24, [0, 1, …, 14]
-    sub.layer_info(3)                      # {"index", "task_name", "layer_model", "layer_name", "pre_ft_name",
-                                           #  "lora_names", "ranks", "alphas"} — scalar columns only
     for layer in sub.iter_layers(lora_ids=[0, 1, 2], layers=range(4)):
-        layer.W_pre [m, n], layer.A [L, r, n], layer.B [L, m, r], layer.alpha [L], layer.rank [L]
+        layer.W_pre [m, n], layer.A [L, r, n], layer.B [L, m, r], layer.alpha [L], layer.rank [L],
+        layer.layer_name, layer.lora_names
         layer.merged()                     # [L, m, n] = W_pre + alpha/rank · B @ A
 
 The reader uses pyarrow directly (not ``datasets``): it opens only the columns of the chosen LoRAs and streams
@@ -139,18 +138,6 @@ class LowraSubset:
             except (pa.ArrowInvalid, OSError) as e:
                 raise BenchmarkFormatError(f"{printable(self.files[fi])}: cannot read row group {g} ({str(e).splitlines()[0]}); "
                                            "the shard is truncated or corrupt — download it again") from None
-
-    def layer_info(self, i: int) -> dict:
-        """The scalar columns of layer ``i`` (no weights): names, ranks and alphas of every LoRA."""
-        cols = ["task_name", "layer_model", "layer_name", "pre_ft_name"]
-        cols += [f"lora_{k}_{p}" for k in self.lora_ids for p in ("name", "rank", "alpha")]
-        for _, row, path in self._rows([i], cols):
-            info = {"index": int(i), **{c: row[c][0].as_py() for c in cols[:4]}}
-            info["lora_names"] = [row[f"lora_{k}_name"][0].as_py() for k in self.lora_ids]
-            info["ranks"] = [_rank(row, f"lora_{k}_rank", path, i) for k in self.lora_ids]
-            info["alphas"] = [_number(row, f"lora_{k}_alpha", path, i) for k in self.lora_ids]
-            return info
-        raise IndexError(i)  # unreachable: _rows checks the range
 
     def iter_layers(self, lora_ids: Iterable[int] | None = None,
                     layers: Iterable[int] | None = None) -> Iterator[LowraLayer]:

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from labkit.datasets import BenchmarkFormatError, BenchmarkMissingError
-from labkit.safe_io import inside, printable, read_bytes, regular_file
+from labkit.safe_io import CorruptFileError, inside, printable, read_bytes, regular_file
 
 __all__ = ["CIFAR100_CLASSES", "DISCRIMINATIVE", "GENERATIVE", "SPLITS", "ModelJModel", "ModelJSubset",
            "open_model_j", "parse_chosen_targets", "read_header", "read_tensors"]
@@ -75,6 +75,11 @@ class ModelJModel:
 
 
 # --------------------------------------------------------------------------------------- safetensors files
+#
+# Model-J files are read through this small header parser rather than ``safetensors.safe_open`` (which the rest of
+# the kit uses) for two guarantees safe_open (0.8) does not give: it takes UTF-8 path strings only, so a file whose
+# name is not UTF-8 cannot be opened at all, and its JSON parser keeps the last of two entries with one tensor name
+# where this one refuses the file. Errors are the kit's one ``CorruptFileError``, as from every safetensors reader.
 
 MAX_HEADER_BYTES = 100_000_000  # what the safetensors library itself accepts
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -108,9 +113,9 @@ def _unique_pairs(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
-def _corrupt(path: Path, why: str) -> BenchmarkFormatError:
-    return BenchmarkFormatError(f"{printable(path)} is not a readable safetensors file ({why}); it is truncated or "
-                                "corrupt — download it again")
+def _corrupt(path: Path, why: str) -> CorruptFileError:
+    return CorruptFileError(f"{printable(path)} is not a readable safetensors file ({why}); it is truncated or "
+                            "corrupt — download it again")
 
 
 def _header_json(path: Path) -> tuple[dict, int, int]:
@@ -121,16 +126,16 @@ def _header_json(path: Path) -> tuple[dict, int, int]:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         if n > MAX_HEADER_BYTES:
-            raise BenchmarkFormatError(f"{printable(path)}: a safetensors header of {n:,} bytes, more than the "
-                                       f"{MAX_HEADER_BYTES:,} allowed; this is not a model file")
+            raise CorruptFileError(f"{printable(path)}: a safetensors header of {n:,} bytes, more than the "
+                                   f"{MAX_HEADER_BYTES:,} allowed; this is not a model file")
         if n < 2 or 8 + n > size:
             raise _corrupt(path, f"{size} bytes, shorter than its header")
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_pairs)
     except _DuplicateKey as e:
-        raise BenchmarkFormatError(f"{printable(path)}: the safetensors header names {printable(e.args[0])!r} "
-                                   "twice; the file is corrupt or crafted — download it again") from None
+        raise CorruptFileError(f"{printable(path)}: the safetensors header names {printable(e.args[0])!r} "
+                               "twice; the file is corrupt or crafted — download it again") from None
     except (ValueError, RecursionError) as e:
         raise _corrupt(path, f"header is not JSON: {printable(str(e))[:60]}") from None
     if not isinstance(header, dict):

@@ -22,7 +22,7 @@ Public API::
     params, labels = load_inr_zoo(root, split_json, "train")         # {key: [N, ...]}, [N] int64
     params, labels = load_cifar10_gs(root, split_file, "test")       # {varname: [N, ...]} (PyTorch layout), [N]
     wp = load_wild_park(root, split_json, "test")                    # WildPark(states, configs, scores, steps)
-    stack_params(wp.states)                                          # {key: [N, ...]} if shapes agree
+    labkit.training.stack_states(wp.states)                          # {key: [N, ...]} if shapes agree
 """
 
 from __future__ import annotations
@@ -43,26 +43,14 @@ import torch
 from labkit.datasets import BenchmarkFormatError, require
 from labkit.datasets.safe_pickle import NUMPY, OMEGACONF, restricted_load, to_plain
 from labkit.safe_io import inside, printable, read_bytes, read_json, regular_file
+from labkit.training import stack_states
 
-__all__ = ["INR_SHAPES", "WildPark", "cifar10_gs_metrics", "cifar10_gs_splits", "load_cifar10_gs", "load_inr_zoo", "load_wild_park",
-           "stack_params"]
+__all__ = ["INR_SHAPES", "WildPark", "cifar10_gs_metrics", "cifar10_gs_splits", "load_cifar10_gs", "load_inr_zoo", "load_wild_park"]
 
 INR_SHAPES = {"seq.0.weight": (32, 2), "seq.0.bias": (32,), "seq.1.weight": (32, 32), "seq.1.bias": (32,),
               "seq.2.weight": (1, 32), "seq.2.bias": (1,)}
 _SPLITS = ("train", "val", "test")
 FINAL_STEP = 86
-
-
-def stack_params(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``{key: [N, ...]}`` from N state dicts with the same keys and shapes (else ``BenchmarkFormatError``)."""
-    if not states:
-        raise ValueError("no models to stack")
-    keys = list(states[0])
-    for i, s in enumerate(states):
-        if list(s) != keys or any(s[k].shape != states[0][k].shape for k in keys):
-            raise BenchmarkFormatError(f"model {i} has other parameter names or shapes than model 0; these models "
-                                       "have different architectures and cannot be stacked")
-    return {k: torch.stack([s[k] for s in states]) for k in keys}
 
 
 MAX_JSON_BYTES = 256 << 20  # split JSONs (the real MNIST one is about 5 MB)
@@ -139,7 +127,7 @@ def load_inr_zoo(root: str | Path, split_json: str | Path, split: str = "train"
     rows = _split_json(split_json, split, ("path", "label"))
     labels = _numbers(rows["label"], int, split_json, "label")
     states = [_inr_state(_member_path(root, rel, split_json, "INR file")) for rel in rows["path"]]
-    return stack_params(states), labels
+    return stack_states(states), labels
 
 
 def _csv_text(path: Path) -> str:

@@ -14,7 +14,6 @@ Public API::
     g.nodes        # [{"uuid", "tree", "depth", "parent" (uuid | None), "dataset_name", "num_classes",
                    #   "dataset_short_name", "seed", "model_path", "lora_rank"}], roots first, depth-first
     g.edges        # [(parent uuid, child uuid)]
-    g.model_file(uuid, root=None)   # <root>/<model_path>/model.safetensors (root: where the repos were saved)
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from labkit.datasets import BenchmarkFormatError, require
 from labkit.datasets.safe_pickle import restricted_load, stub
-from labkit.safe_io import UnsafeInputError, inside, printable
+from labkit.safe_io import printable
 
 __all__ = ["VTHR_CLASSES", "VthrGraph", "load_vthr_graph"]
 
@@ -40,34 +39,6 @@ class VthrGraph:
 
     nodes: list[dict]
     edges: list[tuple[str, str]]
-
-    def model_file(self, uuid: str, root: str | Path | None = None) -> Path:
-        """The node's ``model.safetensors``: ``<root>/<model_path>`` (hub id or local folder) or its basename.
-        With ``root``, a ``model_path`` that leads outside it (absolute, ``..``) is only tried by its basename."""
-        node = next((n for n in self.nodes if n["uuid"] == uuid), None)
-        if node is None:
-            raise KeyError(f"no node {uuid!r} in this graph")
-        model_path = str(node["model_path"])
-        base = Path(root) if root is not None else Path()
-        found = [base / rel if root is None else _inside_or_none(base, rel)
-                 for rel in (model_path, Path(model_path).name)]
-        found = [c for c in found if c is not None]
-        for cand in found:
-            if (cand / "model.safetensors").is_file():
-                return cand / "model.safetensors"
-        if not found:
-            raise BenchmarkFormatError(f"VTHR node {printable(uuid)}: model_path {printable(model_path)[:80]!r} "
-                                       f"leads outside {printable(base)}")
-        return require(found[0] / "model.safetensors", f"VTHR model {printable(model_path)}",
-                       f"download.py vthr --dest {base}")
-
-
-def _inside_or_none(root: Path, rel: str) -> Path | None:
-    """``root / rel`` if it stays inside ``root``, else None."""
-    try:
-        return inside(root, rel, "model_path")
-    except UnsafeInputError:
-        return None
 
 
 def _node_row(node: object, where: str) -> dict:

@@ -28,7 +28,8 @@ Entry points (also for the ``labkit dsire`` command)::
 
     voters = dsire_features(A, B, scale=1.0)
         # A: {layer: [N, r, d_in]}, B: {layer: [N, d_out, r]} -> {voter name: [N, r]} in the official order
-    result = evaluate(voters, sizes, sets, n_train_sets=15, repeats=10, seed=42, vote="majority", set_order=None)
+    result = cross_validate(voters, sizes, sets, n_train_sets=15, repeats=10, seed=42, vote="majority",
+                            set_order=None)
         # sizes: [N] ints, sets: [N] personalisation-set names -> dict(accuracy_mean, accuracy_std, mae_mean,
         #   mae_std, mape_mean, mape_std, accuracy, mae, mape (per split), splits)
     voters = official_order({**dsire_features(A1, B1), **dsire_features(A2, B2)})  # layer by layer, merged
@@ -50,11 +51,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from labkit.methods.checks import as_float, require_choice, require_finite
+
 __all__ = [
     "METRICS",
     "concat_features",
+    "cross_validate",
     "dsire_features",
-    "evaluate",
     "frobenius_features",
     "lora_spectra",
     "majority_vote",
@@ -73,10 +76,6 @@ METRICS = ("accuracy", "mae", "mape")
 # ------------------------------------------------------------------------------------------------ features
 
 
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
 def _pad(s: torch.Tensor, r: int) -> torch.Tensor:
     return s if s.shape[-1] == r else torch.cat([s, s.new_zeros(*s.shape[:-1], r - s.shape[-1])], -1)
 
@@ -91,7 +90,7 @@ def lora_spectra(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.
     if A.ndim < 2 or B.ndim < 2 or A.shape[-2] != B.shape[-1] or A.shape[:-2] != B.shape[:-2]:
         raise ValueError(f"expected A [..., r, d_in] and B [..., d_out, r] with the same r and batch shape, "
                          f"got A {list(A.shape)} and B {list(B.shape)}")
-    A, B = _as_float(A), _as_float(B)
+    A, B = as_float(A), as_float(B)
     r = A.shape[-2]
     R_B = torch.linalg.qr(B, mode="r").R  # [..., min(d_out, r), r]
     R_A = torch.linalg.qr(A.transpose(-1, -2), mode="r").R  # [..., min(d_in, r), r]
@@ -118,8 +117,8 @@ def _check_factors(A: dict[str, torch.Tensor], B: dict[str, torch.Tensor]) -> in
         if n is not None and a.shape[0] != n:
             raise ValueError(f"layer {layer!r} has {a.shape[0]} models, the first layer has {n}")
         n = a.shape[0]
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise ValueError(f"layer {layer!r} holds NaN or infinite LoRA weights")
+        for factor in (a, b):
+            require_finite(factor, f"layer {layer!r} holds NaN or infinite LoRA weights")
     return n
 
 
@@ -141,8 +140,8 @@ def dsire_features(A: dict[str, torch.Tensor], B: dict[str, torch.Tensor], scale
     _check_factors(A, B)
     sA, sB, sBA = {}, {}, {}
     for layers in _by_shape(A, B).values():
-        a = torch.stack([_as_float(A[name]) for name in layers])  # [L, N, r, d_in]
-        b = torch.stack([_as_float(B[name]) for name in layers])  # [L, N, d_out, r]
+        a = torch.stack([as_float(A[name]) for name in layers])  # [L, N, r, d_in]
+        b = torch.stack([as_float(B[name]) for name in layers])  # [L, N, d_out, r]
         for name, x, y, z in zip(layers, *lora_spectra(a, b)):
             sA[name], sB[name], sBA[name] = x, y, abs(scale) * z
     voters = {}
@@ -178,8 +177,7 @@ def select_voters(voters: dict[str, torch.Tensor], kind: str) -> dict[str, torch
     """Only the ``"A"`` (``.down``), ``"B"`` (``.up``) or ``"BA"`` voters of ``dsire_features`` (Table 9)."""
     keep = {"A": lambda k: k.endswith(".down"), "B": lambda k: k.endswith(".up"),
             "BA": lambda k: not k.endswith((".down", ".up"))}
-    if kind not in keep:
-        raise ValueError(f"kind must be one of {list(keep)}, got {kind!r}")
+    require_choice(kind, list(keep), "kind")
     return {k: v for k, v in voters.items() if keep[kind](k)}
 
 
@@ -269,8 +267,9 @@ def scores(y_true, y_pred) -> dict[str, float]:
             "mape": 100 * mean_absolute_percentage_error(y_true, y_pred)}
 
 
-def evaluate(features: dict[str, torch.Tensor], sizes, sets: Sequence, n_train_sets: int = 15, repeats: int = 10,
-             seed: int = 42, vote: str = "majority", set_order: Sequence | None = None) -> dict:
+def cross_validate(features: dict[str, torch.Tensor], sizes, sets: Sequence, n_train_sets: int = 15,
+                   repeats: int = 10, seed: int = 42, vote: str = "majority", set_order: Sequence | None = None
+                   ) -> dict:
     """Run the paper's protocol: ``repeats`` random splits of the personalisation sets (``split_sets``), fit on
     the models of ``n_train_sets`` sets, predict every model of the others, and average the metrics.
 
@@ -286,8 +285,8 @@ def evaluate(features: dict[str, torch.Tensor], sizes, sets: Sequence, n_train_s
     n = len(sizes)
     if len(sets) != n or any(v.shape[0] != n for v in features.values()):
         raise ValueError(f"features, sizes and sets must describe the same {n} models")
-    if any(not torch.isfinite(v).all() for v in features.values()):
-        raise ValueError("features hold NaN or infinite values")
+    for v in features.values():
+        require_finite(v, "features hold NaN or infinite values")
     names = sorted(set(sets)) if set_order is None else list(set_order)
     if set(names) != set(sets) or len(names) != len(set(names)):
         raise ValueError(f"set_order must list every set name once; got {len(names)} names for {len(set(sets))} sets")

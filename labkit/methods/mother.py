@@ -44,6 +44,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import squareform
 
+from labkit.methods.checks import as_float, require_finite
+
 __all__ = [
     "LAMBDA",
     "MotherResult",
@@ -137,10 +139,8 @@ def _check_layers(layers: Layers) -> tuple[dict[str, torch.Tensor], int]:
             n = W.shape[0]
         elif W.shape[0] != n:
             raise ValueError(f"layer {name!r} holds {W.shape[0]} models but an earlier layer holds {n}")
-        if W.dtype not in (torch.float32, torch.float64):
-            W = W.float()
-        if not torch.isfinite(W).all():
-            raise ValueError(f"layer {name!r} contains NaN or inf; check the weights you loaded")
+        W = as_float(W)
+        require_finite(W, f"layer {name!r} contains NaN or inf; check the weights you loaded")
         out[name] = W
     if n < 2:
         raise ValueError(f"MoTHer needs at least 2 models, got {n}")
@@ -153,8 +153,7 @@ def _check_square(D: torch.Tensor, what: str = "D") -> torch.Tensor:
         raise ValueError(f"{what} must be a square [n, n] matrix, got shape {list(D.shape)}")
     D = D.detach().to("cpu", torch.float64)
     off = ~torch.eye(D.shape[0], dtype=torch.bool)
-    if not torch.isfinite(D[off]).all():
-        raise ValueError(f"{what} contains NaN or inf off the diagonal")
+    require_finite(D[off], f"{what} contains NaN or inf off the diagonal")
     return D
 
 
@@ -276,8 +275,7 @@ def direction_matrix(kurt: torch.Tensor, *, reverse: bool = False) -> torch.Tens
     kurt = torch.as_tensor(kurt).detach().to("cpu", torch.float64)
     if kurt.ndim != 1:
         raise ValueError(f"kurt must be a vector [n], got shape {list(kurt.shape)}")
-    if not torch.isfinite(kurt).all():
-        raise ValueError("kurt contains NaN or inf; check the weights you loaded")
+    require_finite(kurt, "kurt contains NaN or inf; check the weights you loaded")
     parent, child = kurt[:, None], kurt[None, :]
     return (child < parent if reverse else child > parent).to(torch.float64)
 

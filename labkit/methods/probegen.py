@@ -35,9 +35,9 @@ Entry points (what a command-line wrapper over the public zoos calls)::
                           n_probes=128, gen_depth=2)                   # ProbeGen (INR: linear_2_no_acts)
     run  = train_probegen(task, ..., gen_depth=0)                      # vanilla probing
     run  = train_probegen(task, ..., fixed_probes=uniform_coordinates(128))   # synthetic probes, head only
-    score = evaluate(run.model, task, nets_test, y_test)              # accuracy (INR) or Kendall's τ (CNN)
-    tau  = statnn_baseline(statnn_features(params_train), y_train,
-                           statnn_features(params_test), y_test)       # weight statistics + boosted trees
+    score = task_metric(run.model, task, nets_test, y_test)            # accuracy (INR) or Kendall's τ (CNN)
+    tau  = statnn_baseline(statnn_param_features(params_train), y_train,
+                           statnn_param_features(params_test), y_test)  # weight statistics + boosted trees
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from labkit.methods.checks import require_finite
+
 __all__ = [
     "TASKS",
     "NetGroup",
@@ -62,14 +64,14 @@ __all__ = [
     "collapse_linear",
     "dead_leaves",
     "deep_linear",
-    "evaluate",
     "kendall_tau",
     "make_generator",
     "make_head",
     "responses_loop",
     "siren_probe_responses",
     "statnn_baseline",
-    "statnn_features",
+    "statnn_param_features",
+    "task_metric",
     "train_probegen",
     "uniform_coordinates",
 ]
@@ -356,8 +358,9 @@ def _metric(task: Task, out: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: ProbeGen, task: Task, nets: Networks, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Test metric of a trained model: accuracy (INR classification) or Kendall's τ (scipy; CNN regression)."""
+def task_metric(model: ProbeGen, task: Task, nets: Networks, y: torch.Tensor, batch_size: int = 256) -> float:
+    """The task's metric of a trained model on ``nets`` (``y: [n]`` labels or accuracies): accuracy (INR
+    classification) or Kendall's τ (scipy; CNN regression). Reference/probegen.md §3."""
     model.eval()
     P = model.probes()
     out = torch.cat([model(nets.responses(P, torch.arange(s, min(s + batch_size, len(nets)))))
@@ -399,8 +402,8 @@ def train_probegen(task: Task | str, train: Networks, y_train: torch.Tensor, val
             raise ValueError(f"{name}: {len(nets)} networks but {len(y)} labels")
         if len(nets) < 2:
             raise ValueError(f"{name}: need at least 2 networks, got {len(nets)}")
-    if not task.classification and not torch.isfinite(torch.as_tensor(y_train)).all():
-        raise ValueError("y_train has NaN or inf targets")
+    if not task.classification:
+        require_finite(torch.as_tensor(y_train), "y_train has NaN or inf targets")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     from tqdm.auto import tqdm
@@ -439,7 +442,7 @@ def train_probegen(task: Task | str, train: Networks, y_train: torch.Tensor, val
             step += 1
             bar.update()
             if step % eval_every == 0 or step == total:
-                score = evaluate(model, task, val, y_val)
+                score = task_metric(model, task, val, y_val)
                 history.append((step, score))
                 score = -math.inf if math.isnan(score) else score  # τ is NaN for constant predictions
                 if best_state is None or score > best:
@@ -449,7 +452,7 @@ def train_probegen(task: Task | str, train: Networks, y_train: torch.Tensor, val
     model.eval()
     run = ProbeGenRun(model, best, best_step, history)
     if test is not None:
-        run.test = evaluate(model, task, test, y_test)
+        run.test = task_metric(model, task, test, y_test)
     return run
 
 
@@ -458,8 +461,10 @@ def train_probegen(task: Task | str, train: Networks, y_train: torch.Tensor, val
 # --------------------------------------------------------------------------------------------------------
 
 
-def statnn_features(params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per tensor: mean, std and the 0/25/50/75/100 % quantiles of its entries → ``[n, 7 · n_tensors]``.
+def statnn_param_features(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """StatNN's statistics of whole networks (Unterthiner et al. 2020; reference/probegen.md §8): per
+    tensor the mean, the std (population) and the 0/25/50/75/100 % quantiles of its entries → ``[n, 7 · n_tensors]``
+    float32 (ProbeX's ``statnn_layer_features`` reads one layer, with the variance).
 
     ``params: {name: [n, ...]}`` stacked; tensors are taken in sorted name order so groups of different widths give
     features in the same columns.
@@ -474,7 +479,7 @@ def statnn_features(params: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def statnn_baseline(features_train: torch.Tensor, y_train: torch.Tensor, features_test: torch.Tensor,
                     y_test: torch.Tensor, seed: int = 0) -> float:
-    """Kendall's τ of gradient-boosted trees on ``statnn_features`` (``[n, d]``) predicting test accuracy."""
+    """Kendall's τ of gradient-boosted trees on ``statnn_param_features`` (``[n, d]``) predicting test accuracy."""
     from scipy.stats import kendalltau
     from sklearn.ensemble import GradientBoostingRegressor
 

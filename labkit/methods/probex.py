@@ -45,6 +45,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from labkit.methods.checks import require_finite
+
 __all__ = [
     "DenseExpert",
     "History",
@@ -66,7 +68,7 @@ __all__ = [
     "probex_accuracy",
     "probex_param_count",
     "stack_layer",
-    "statnn_features",
+    "statnn_layer_features",
     "train_dense_expert",
     "train_probex",
     "train_statnn",
@@ -119,8 +121,7 @@ def _check_X(X: torch.Tensor, what: str = "X") -> None:
     if not isinstance(X, torch.Tensor) or X.ndim != 3:
         shape = list(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
         raise ValueError(f"{what} must be a stacked layer [N, d_H, d_W], got {shape}")
-    if not torch.isfinite(X).all():
-        raise ValueError(f"{what} contains NaN or inf weights")
+    require_finite(X, f"{what} contains NaN or inf weights")
 
 
 def _check_Y(Y: torch.Tensor, n: int, what: str = "Y") -> None:
@@ -198,9 +199,10 @@ class DenseExpert(nn.Module):
         return self.linear(X.flatten(1))
 
 
-def statnn_features(X: torch.Tensor) -> torch.Tensor:
-    """StatNN's per-layer statistics (Unterthiner et al. 2020): mean, variance and the 0/25/50/75/100 % quantiles
-    of the layer's weights. ``X: [N, d_H, d_W]`` → ``[N, 7]``."""
+def statnn_layer_features(X: torch.Tensor) -> torch.Tensor:
+    """StatNN's statistics of one stacked layer (Unterthiner et al. 2020; reference/probex.md §8): mean, variance
+    and the 0/25/50/75/100 % quantiles of the layer's weights. ``X: [N, d_H, d_W]`` → ``[N, 7]`` float32.
+    (ProbeGen's ``statnn_param_features`` takes every tensor of a network and uses the standard deviation.)"""
     flat = X.flatten(1).float()
     if len(flat) == 0:
         return flat.new_zeros(0, 7)
@@ -223,7 +225,7 @@ class StatMLP(nn.Module):
 
     def standardise(self, X: torch.Tensor) -> torch.Tensor:
         """``X: [B, d_H, d_W]`` → standardised statistics ``[B, 1, 7]``."""
-        return ((statnn_features(X) - self.mean) / self.std)[:, None]
+        return ((statnn_layer_features(X) - self.mean) / self.std)[:, None]
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.net(self.standardise(X))
@@ -365,12 +367,12 @@ def train_dense_expert(X_train: torch.Tensor, Y_train: torch.Tensor, X_val: torc
 
 def train_statnn(X_train: torch.Tensor, Y_train: torch.Tensor, X_val: torch.Tensor | None = None,
                  Y_val: torch.Tensor | None = None, hidden: int = 32, **settings) -> tuple[StatMLP, History]:
-    """StatNN: ``statnn_features`` standardised on the training models + a small MLP, trained like ProbeX.
+    """StatNN: ``statnn_layer_features`` standardised on the training models + a small MLP, trained like ProbeX.
 
     The statistics are computed once per model (not per step); the MLP trains on them with ``fit_multilabel``.
     """
     _check_X(X_train, "X_train")
-    feats = statnn_features(X_train)
+    feats = statnn_layer_features(X_train)
     seed = settings.get("seed", 0)
     model = _seeded(seed, lambda: StatMLP(feats.mean(0), feats.std(0).clamp_min(1e-12), Y_train.shape[1], hidden))
     has_val = X_val is not None and len(X_val) > 0

@@ -48,6 +48,8 @@ from typing import NamedTuple
 
 import torch
 
+from labkit.methods.checks import require_choice, require_finite
+
 __all__ = [
     "DetuningResult",
     "IncreaseRankOnPlateau",
@@ -237,8 +239,7 @@ def _check(merged: torch.Tensor, end_rank: int, start_rank: int, n_iters: int, s
     n, d_out, d_in = merged.shape[-3:]
     if n < 2:
         raise ValueError(f"Spectral DeTuning needs at least 2 fine-tuned versions of a layer, got {n}")
-    if svd not in SVD_METHODS:
-        raise ValueError(f"svd must be one of {SVD_METHODS}, got {svd!r}")
+    require_choice(svd, SVD_METHODS, "svd")
     if int(n_iters) != n_iters or n_iters < 1:
         raise ValueError(f"n_iters must be a positive integer, got {n_iters!r}")
     if not 1 <= start_rank <= end_rank:
@@ -246,8 +247,7 @@ def _check(merged: torch.Tensor, end_rank: int, start_rank: int, n_iters: int, s
     if end_rank > min(d_out, d_in):
         raise ValueError(f"end_rank={end_rank} is above min(d_out, d_in)={min(d_out, d_in)} for layers of shape "
                          f"[{d_out}, {d_in}]")
-    if not torch.isfinite(merged).all():
-        raise ValueError("the merged weights contain NaN or inf; check the weights you loaded")
+    require_finite(merged, "the merged weights contain NaN or inf; check the weights you loaded")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -442,8 +442,7 @@ def m_step(merged: torch.Tensor, W_star: torch.Tensor, rank: int, *, svd: str = 
     ``svd="exact"`` (``torch.linalg.svd``, the default here: deterministic) or ``"lowrank"`` (the official
     ``torch.svd_lowrank`` with ``niter`` power iterations). Notebook 05, "build it step by step".
     """
-    if svd not in SVD_METHODS:
-        raise ValueError(f"svd must be one of {SVD_METHODS}, got {svd!r}")
+    require_choice(svd, SVD_METHODS, "svd")
     if merged.ndim < 3 or W_star.shape != merged.shape[:-3] + merged.shape[-2:]:
         raise ValueError(f"expected merged [..., n, d_out, d_in] and W_star [..., d_out, d_in], got "
                          f"{list(merged.shape)} and {list(W_star.shape)}")

@@ -5,7 +5,7 @@ of ``Conv2d(k=3, stride=2, padding=1)`` layers each followed by its activation, 
 linear classifier ``fc``. On 8×8 inputs three convolutions take the image to 4×4, 2×2 and 1×1.
 
 Dropout is applied before ``fc`` with a per-model rate kept in the buffer ``drop_p`` (a 0-d tensor), so a zoo of
-CNNs that differ only in their dropout rate can be trained in one ``torch.func.vmap`` call (labkit.zoo.train).
+CNNs that differ only in their dropout rate can be trained in one ``torch.func.vmap`` call (labkit.training).
 """
 
 from __future__ import annotations

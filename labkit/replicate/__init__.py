@@ -5,6 +5,7 @@
 ``labkit.replicate.dsire`` — DSiRe with the paper's protocol on a LoRA-WiSE config (``labkit dsire``).
 ``labkit.replicate.probex`` — ProbeX on one layer of a Model-J discriminative subset (``labkit probex``).
 ``labkit.replicate.probegen`` — ProbeGen on the MNIST/FMNIST INR zoos or CIFAR10-GS (``labkit probegen``).
+``labkit.replicate.trees`` — MoTHer on any folder of models, peft adapters merged (``labkit trees recover``).
 """
 
 from __future__ import annotations

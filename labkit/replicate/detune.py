@@ -41,7 +41,7 @@ import torch
 
 from labkit.methods.spectral_detuning import final_loss, layer_mse, spectral_detuning_layers
 from labkit.replicate import command_device
-from labkit.safe_io import printable, regular_file, utf8_path
+from labkit.safe_io import CorruptFileError, printable, regular_file, utf8_path, write_json_atomic
 
 __all__ = ["SUBSET_DEFAULTS", "default_lora_ids", "detune_checkpoints", "detune_lowra"]
 
@@ -196,14 +196,14 @@ class _ShardWriter:
             files.append(final)
             weight_map.update({name: final.name for name in names})
         index = self.folder / "recovered.safetensors.index.json"
-        index.write_text(json.dumps({"metadata": self.metadata, "weight_map": weight_map}, indent=1) + "\n")
+        write_json_atomic(index, {"metadata": self.metadata, "weight_map": weight_map})
         return [*files, index]
 
 
 def _finish(result: dict, out: Path, writer: _ShardWriter, t_start: float) -> dict:
     result["recovered"] = [str(p) for p in writer.close()]
     result["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
-    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out / "result.json", result)
     return result
 
 
@@ -337,7 +337,7 @@ class _Weights:
                 if len(sl.get_shape()) == 2 and sl.get_dtype() in ("F64", "F32", "F16", "BF16"):
                     self.shapes[key] = tuple(sl.get_shape())
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{printable(path)} is not a readable safetensors file ({printable(e)})") from None
+            raise CorruptFileError(f"{printable(path)} is not a readable safetensors file ({printable(e)})") from None
         self.adapted: set[str] | None = None  # a merged checkpoint: any key may differ
         self.rank: int | None = None
 
@@ -346,50 +346,26 @@ class _Weights:
 
 
 class _MergedAdapter:
-    """A peft LoRA adapter folder merged onto a base: ``W = W_base + scaling · B A`` for every adapted layer."""
+    """A peft LoRA adapter folder merged onto a base with peft's rules (``labkit.lora.scaled_factors``):
+    ``W = W_base + scaling · B A`` for every adapted layer, computed in float32 when the layer is read."""
 
     def __init__(self, folder: Path, base: _Weights):
-        from labkit.lora import lora_factors, read_adapter_config
-        from labkit.zoo.store import read_safetensors
+        from labkit.lora import read_adapter, scaled_factors
 
-        config = read_adapter_config(folder / "adapter_config.json")
-        if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
-            raise ValueError(f"{printable(folder)}: only plain LoRA adapters can be merged (peft_type "
-                             f"{config.get('peft_type')!r}, use_dora={config.get('use_dora')})")
-        if config.get("fan_in_fan_out"):
-            raise ValueError(f"{printable(folder)}: fan_in_fan_out adapters (GPT-2 Conv1D) are not supported")
-        weights = folder / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"{printable(folder)} has adapter_config.json but no adapter_model.safetensors")
-        tensors, _ = read_safetensors(weights)
+        config, tensors = read_adapter(folder)
+        factors = scaled_factors(config, tensors, printable(folder), base.shapes)
         self.path, self.base, self.shapes = folder, base, base.shapes
-        self.delta: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
-        for module, (A, B) in lora_factors(tensors).items():
-            key = f"{module}.weight"
-            if A.ndim != 2:
-                raise ValueError(f"{printable(folder)}: layer {module} is not a linear LoRA (A has shape "
-                                 f"{list(A.shape)})")
-            if key not in base.shapes:
-                raise ValueError(f"{printable(folder)} adapts {module!r} but the base has no 2-D weight {key!r}")
-            if base.shapes[key] != (B.shape[0], A.shape[1]):
-                raise ValueError(f"{printable(folder)}: LoRA on {module} gives [{B.shape[0]}, {A.shape[1]}] but the "
-                                 f"base weight is {list(base.shapes[key])}")
-            r = A.shape[0]
-            alpha = next((v for k, v in (config.get("alpha_pattern") or {}).items() if module.endswith(k)),
-                         config["lora_alpha"])
-            if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
-                raise ValueError(f"{printable(folder / 'adapter_config.json')}: the alpha of {module} is {alpha!r}, "
-                                 "not a number")
-            scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-            self.delta[key] = (A.to(torch.float32), B.to(torch.float32), float(scaling))
+        self.delta = {f"{module}.weight": (A.to(torch.float32), B.to(torch.float32), scaling)
+                      for module, (A, B, scaling) in factors.items()}
         self.adapted = set(self.delta)
         self.rank = max(A.shape[0] for A, _, _ in self.delta.values())
 
     def get(self, key: str) -> torch.Tensor:
+        from labkit.lora import lora_delta
+
         W = self.base.get(key)
         if key in self.delta:
-            A, B, scaling = self.delta[key]
-            W = W + scaling * (B @ A)
+            W = W + lora_delta(*self.delta[key])
         return W
 
 

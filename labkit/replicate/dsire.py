@@ -8,9 +8,10 @@ Salama, Kahana, Horwitz & Hoshen, *Dataset Size Recovery from LoRA Weights*, arX
   and keeps only DSiRe's voters (``dsire_features``, batched over the models of the layer), the per-layer
   Frobenius norms and, for the layers named in ``keep``, the factors. Voters are named by the official simplified
   keys (``….attn1.to_out.0`` → ``….attn1.to_out``) and merged in the official order (``official_order``).
-* ``dsire_lora_wise(root, config, …)`` runs the paper's protocol on them (``dsire.evaluate``: seed-42 splits of the
-  personalisation sets, 15 train sets, 10 repeats) for DSiRe and the Frobenius-NN baseline and returns a JSON-ready
-  dict with the paper's numbers for the config (``PAPER``, spec §5) and timings.
+* ``dsire_lora_wise(root, config, …)`` runs the paper's protocol on them (``dsire.cross_validate``: seed-42 splits
+  of the personalisation sets, 15 train sets, 10 repeats) for DSiRe and the Frobenius-NN baseline and returns a
+  JSON-ready dict with the paper's numbers for the config (``PAPER``, spec §5) and timings (``seconds["evaluate"]``:
+  the two cross-validations).
 
 Set order (spec §2): split index ``i`` is the ``i``-th set name. The medium and high configs name their sets 1..50,
 and their sorted order is the official one. The low configs use Concept101 folder names, which the official code
@@ -202,8 +203,8 @@ def dsire_lora_wise(root: str | Path, config: str, *, rank: int | None = None, r
     """DSiRe and Frobenius-NN on a LoRA-WiSE config with the paper's protocol; a JSON-ready result dict.
 
     Keys: config, root, rank, n_models, n_layers, n_voters, n_sets, n_train_sets, repeats, seed, sizes (the
-    classes), set_order, dsire and frobenius_nn (``dsire.evaluate``'s dict: ``<metric>_mean``, ``<metric>_std``,
-    per-split lists and the train sets of each split), paper (spec §5 or None), seconds, notes.
+    classes), set_order, dsire and frobenius_nn (``dsire.cross_validate``'s dict: ``<metric>_mean``,
+    ``<metric>_std``, per-split lists and the train sets of each split), paper (spec §5 or None), seconds, notes.
     ``set_order_file``: the file ``set_order`` was read from (``read_set_order``), named by its errors.
     """
     t0 = time.perf_counter()
@@ -214,8 +215,9 @@ def dsire_lora_wise(root: str | Path, config: str, *, rank: int | None = None, r
     names = _check_sets(list(data.names), set_order, n_train_sets, source, config)  # before reading any matrix
     feats = read_lora_wise(root, config, rank, progress=progress, opened=data)
     t1 = time.perf_counter()
-    ours = dsire.evaluate(feats.voters, feats.sizes, feats.sets, n_train_sets, repeats, seed, set_order=names)
-    frob = dsire.evaluate(feats.frobenius, feats.sizes, feats.sets, n_train_sets, repeats, seed, set_order=names)
+    protocol = {"n_train_sets": n_train_sets, "repeats": repeats, "seed": seed, "set_order": names}
+    ours = dsire.cross_validate(feats.voters, feats.sizes, feats.sets, **protocol)
+    frob = dsire.cross_validate(feats.frobenius, feats.sizes, feats.sets, **protocol)
     notes = []
     if any(isinstance(s, str) for s in feats.sets) and set_order is None:
         notes.append(LOW_SET_ORDER_NOTE)

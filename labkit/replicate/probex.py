@@ -14,7 +14,8 @@ with the result. Training runs on ``device`` (default: CUDA when available) thro
 CPU is exactly ``px.train_probex`` / ``train_dense_expert`` / ``train_statnn`` (tests/test_probex_cli.py).
 
 Model-J subsets exported from the mini-jungle (``labkit export digit-trees --format model-j``) use the digit
-names ``zero`` … ``nine``; their label columns are put in digit order (``CLASS_NAMES``), as the zoo's own labels.
+names ``zero`` … ``nine``; their label columns are put in digit order (``labkit.data.CLASS_NAMES``), as the zoo's
+own labels.
 The SD LoRA subsets (single-class, zero-shot) are not handled here: their evaluation is in notebook 02.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from labkit.data import CLASS_NAMES
 from labkit.datasets.model_j import DISCRIMINATIVE, GENERATIVE
 from labkit.methods import probex as px
 from labkit.replicate import command_device
@@ -97,8 +99,6 @@ def resolve_layer(names: list[str], layer: int | str | None, subset: str) -> tup
 
 def label_classes(mj) -> list[str]:
     """The label columns: CIFAR-100 order for Model-J; digit order for an export of the digit-trees zoo."""
-    from labkit.zoo.recipes.digit_trees import CLASS_NAMES
-
     classes = mj.classes
     return list(CLASS_NAMES) if set(classes) <= set(CLASS_NAMES) else classes
 

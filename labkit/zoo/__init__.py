@@ -5,21 +5,27 @@ first if needed (resuming a build that was interrupted) and serving it from the 
 
 A recipe is a module in ``labkit.zoo.recipes`` with two functions::
 
-    settings(profile: str) -> dict                       # JSON-able; its hash names the zoo folder
-    build(store: ZooStore, settings: dict, device) -> dict  # writes every model not yet in the store;
-                                                         # returns a summary (counts, timings)
+    settings(profile: str) -> Settings                       # a frozen dataclass (labkit.zoo.settings)
+    build(store: ZooStore, settings: Settings, device) -> dict  # writes every model not yet in the store;
+                                                             # returns a summary (counts, timings)
+
+``zoo.json`` records ``dataclasses.asdict(settings)`` and its hash names the zoo folder; ``recorded_settings(store)``
+gives the dataclass back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import time
 
-from labkit.zoo.store import CorruptFileError, ZooError, ZooStore, zoo_key
+from labkit.safe_io import CorruptFileError
+from labkit.zoo.settings import from_record, with_overrides
+from labkit.zoo.store import ZooError, ZooStore, zoo_key
 
 __all__ = ["BUILD_THREADS", "RECIPES", "CorruptFileError", "ZooError", "ZooStore", "build", "build_threads",
-           "recipe_module", "zoo_key"]
+           "recipe_module", "recorded_settings", "zoo_key"]
 
 # torch threads every build runs with (the reference platform has 2 cores); see build_threads
 BUILD_THREADS = 2
@@ -41,6 +47,13 @@ def recipe_module(name: str):
     return importlib.import_module(f"labkit.zoo.recipes.{RECIPES[name]}")
 
 
+def recorded_settings(store: ZooStore):
+    """The settings dataclass a zoo was built with, from its ``zoo.json``."""
+    info = store.info
+    template = recipe_module(info["recipe"]).settings(info["profile"])
+    return from_record(type(template), info["settings"])
+
+
 @contextlib.contextmanager
 def build_threads(n: int = BUILD_THREADS):
     """Run with exactly ``n`` torch threads, then restore: CPU kernels may sum in a thread-count-dependent order,
@@ -56,7 +69,8 @@ def build_threads(n: int = BUILD_THREADS):
 
 
 def build(recipe: str, cfg=None, *, profile: str | None = None, home=None, **overrides) -> ZooStore:
-    """Build (or reuse) a zoo. ``cfg`` is what ``labkit.setup`` returned; ``overrides`` change settings.
+    """Build (or reuse) a zoo. ``cfg`` is what ``labkit.setup`` returned; ``overrides`` change settings
+    (``labkit.zoo.settings.with_overrides``: a nested dict changes nested settings).
 
     A zoo marked complete is served as it is only if its manifest lists every model the build promised and each
     listed file exists with its recorded size; otherwise the build takes the lock, repairs, rebuilds what is
@@ -66,8 +80,8 @@ def build(recipe: str, cfg=None, *, profile: str | None = None, home=None, **ove
     module = recipe_module(recipe)
     profile = cfg.profile if cfg is not None else resolve_profile(profile)
     device = cfg.device if cfg is not None else pick_device()
-    settings = {**module.settings(profile), **overrides}
-    store = ZooStore.open(recipe, profile, settings, home=home)
+    settings = with_overrides(module.settings(profile), overrides)
+    store = ZooStore.open(recipe, profile, dataclasses.asdict(settings), home=home)
     if store.complete and not store.problems(full=False):
         return store
     with store.lock():  # repairs what an interrupted build (or damage) left; see ZooStore._repair

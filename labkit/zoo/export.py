@@ -86,27 +86,26 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 def write_readme_configs(folder: Path, configs: dict[str, str]) -> Path:
     """Write or update ``folder/README.md``'s YAML ``configs:`` (config name → data-file glob, split ``train``).
 
-    Configs already listed there are kept (so several exports can share one folder); the file is replaced
-    atomically. This is the block ``datasets.load_dataset(folder, name=config)`` reads.
+    The card is read and written with ``huggingface_hub.DatasetCard``: configs already listed there, other
+    metadata and the text are kept (so several exports can share one folder); the file is replaced atomically.
+    This is the block ``datasets.load_dataset(folder, name=config)`` reads.
     """
-    import yaml
+    from huggingface_hub import DatasetCard
+
+    from labkit.datasets._parquet import read_card
 
     folder = Path(folder)
     path = folder / "README.md"
-    entries: dict[str, dict] = {}
-    body = ""
-    if path.is_file():
-        text = path.read_text()
-        if text.startswith("---\n") and "\n---" in text[4:]:
-            head, body = text[4:].split("\n---", 1)
-            for entry in (yaml.safe_load(head) or {}).get("configs", []):
-                entries[entry["config_name"]] = entry
+    card = read_card(path) if path.is_file() else \
+        DatasetCard("---\n{}\n---\nExported from a labkit mini-jungle zoo (labkit.zoo.export).\n")
+    old = getattr(card.data, "configs", None)
+    entries = {e["config_name"]: e for e in (old if isinstance(old, list) else [])
+               if isinstance(e, dict) and "config_name" in e}
     for name, glob in configs.items():
         entries[name] = {"config_name": name, "data_files": [{"split": "train", "path": glob}]}
-    head = yaml.safe_dump({"configs": [entries[k] for k in sorted(entries)]}, sort_keys=False)
-    body = body.lstrip("\n") or "Exported from a labkit mini-jungle zoo (labkit.zoo.export).\n"
+    card.data.configs = [entries[k] for k in sorted(entries)]
     tmp = folder / ".README.md.tmp"
-    tmp.write_text(f"---\n{head}---\n{body}")
+    card.save(tmp)
     os.replace(tmp, path)
     return path
 

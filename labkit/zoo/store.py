@@ -44,10 +44,9 @@ from pathlib import Path
 
 import torch
 
-from labkit.safe_io import printable, read_bytes, read_json, regular_file, utf8_path
+from labkit.safe_io import CorruptFileError, printable, read_bytes, read_json, regular_file, utf8_path
 
 __all__ = [
-    "CorruptFileError",
     "ZooError",
     "ZooStore",
     "canonical_safetensors",
@@ -69,10 +68,6 @@ class ZooError(RuntimeError):
     """Something wrong with a zoo on disk; the message says what to do."""
 
 
-class CorruptFileError(ZooError):
-    """A model file that is truncated, changed since it was written, or not a safetensors file."""
-
-
 def settings_hash(settings: dict) -> str:
     """First 12 hex digits of the sha256 of the settings as canonical JSON."""
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
@@ -84,12 +79,10 @@ def zoo_key(recipe: str, profile: str, settings: dict) -> str:
     return f"{recipe}-{profile}-{settings_hash(settings)}"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of the file at ``path`` (read in chunks by ``hashlib.file_digest``)."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ safetensors I/O

@@ -12,52 +12,68 @@ a model at or below chance accuracy is kept and flagged ``"bad"``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import random
+from dataclasses import dataclass, field
 
 import torch
 
 from labkit.data import load_digits_split
 from labkit.models import make_cnn
+from labkit.seeds import stable_seed
+from labkit.training import batched_accuracy, fit_batched, init_states, stack_states, unstack_state
+from labkit.zoo.settings import SplitShares
 from labkit.zoo.store import ZooStore
-from labkit.zoo.train import batched_accuracy, fit_batched, init_states, stack_states, unstack_state
 
-__all__ = ["build", "load_model", "model_hparams", "settings"]
+__all__ = ["CnnZooSettings", "build", "load_model", "model_hparams", "settings"]
 
 
-def settings(profile: str) -> dict:
+@dataclass(frozen=True)
+class CnnZooSettings:
+    """What a cnn-zoo is built from (defaults: the workshop profile). Each CNN draws its activation and width from
+    the lists, lr, weight decay and init scale log-uniformly and dropout, training fraction uniformly from the
+    ranges, epochs from ``epochs`` (inclusive); a CNN at or below ``bad_at_or_below`` test accuracy is flagged."""
+
+    seed: int = 0
+    n_models: int = 300
+    activations: tuple[str, ...] = ("relu", "gelu", "tanh", "sigmoid", "leaky_relu")
+    widths: tuple[int, ...] = (4, 8, 16)
+    lr: tuple[float, float] = (1e-3, 5e-2)
+    weight_decay: tuple[float, float] = (1e-5, 1e-1)
+    init_scale: tuple[float, float] = (0.5, 2.0)
+    dropout: tuple[float, float] = (0.0, 0.5)
+    train_fraction: tuple[float, float] = (0.1, 1.0)
+    epochs: tuple[int, int] = (3, 12)
+    batch_size: int = 64
+    splits: SplitShares = field(default_factory=SplitShares)
+    bad_at_or_below: float = 0.15
+
+
+def settings(profile: str) -> CnnZooSettings:
     """Workshop: 300 CNNs; smoke: 24."""
-    return {"seed": 0, "n_models": 24 if profile == "smoke" else 300,
-            "activations": ["relu", "gelu", "tanh", "sigmoid", "leaky_relu"], "widths": [4, 8, 16],
-            "lr": [1e-3, 5e-2], "weight_decay": [1e-5, 1e-1], "init_scale": [0.5, 2.0], "dropout": [0.0, 0.5],
-            "train_fraction": [0.1, 1.0], "epochs": [3, 8] if profile == "smoke" else [3, 12], "batch_size": 64,
-            "splits": {"train": 0.7, "val": 0.1, "test": 0.2}, "bad_at_or_below": 0.15}
+    if profile == "smoke":
+        return CnnZooSettings(n_models=24, epochs=(3, 8))
+    return CnnZooSettings()
 
 
-def _rng(cfg: dict, key: str) -> random.Random:
-    return random.Random(int(hashlib.sha256(f"cnn-zoo:{cfg['seed']}:{key}".encode()).hexdigest()[:16], 16))
+def _rng(cfg: CnnZooSettings, key: str) -> random.Random:
+    return random.Random(stable_seed(f"cnn-zoo:{cfg.seed}:{key}"))
 
 
 def _log_uniform(rng: random.Random, lo: float, hi: float) -> float:
     return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
 
-def model_hparams(cfg: dict, model_id: str) -> dict:
+def model_hparams(cfg: CnnZooSettings, model_id: str) -> dict:
     """The sampled configuration of one CNN (from its id only)."""
     rng = _rng(cfg, model_id)
-    hp = {"activation": rng.choice(cfg["activations"]), "width": rng.choice(cfg["widths"]),
-          "lr": round(_log_uniform(rng, *cfg["lr"]), 6), "weight_decay": round(_log_uniform(rng, *cfg["weight_decay"]), 6),
-          "init_scale": round(_log_uniform(rng, *cfg["init_scale"]), 4),
-          "dropout": round(rng.uniform(*cfg["dropout"]), 3),
-          "train_fraction": round(rng.uniform(*cfg["train_fraction"]), 3), "epochs": rng.randint(*cfg["epochs"]),
-          "batch_size": cfg["batch_size"], "seed": rng.randrange(2**31)}
-    u, acc, hp["split"] = rng.random(), 0.0, "test"
-    for name, share in cfg["splits"].items():
-        acc += share
-        if u < acc:
-            hp["split"] = name
-            break
+    hp = {"activation": rng.choice(cfg.activations), "width": rng.choice(cfg.widths),
+          "lr": round(_log_uniform(rng, *cfg.lr), 6), "weight_decay": round(_log_uniform(rng, *cfg.weight_decay), 6),
+          "init_scale": round(_log_uniform(rng, *cfg.init_scale), 4),
+          "dropout": round(rng.uniform(*cfg.dropout), 3),
+          "train_fraction": round(rng.uniform(*cfg.train_fraction), 3), "epochs": rng.randint(*cfg.epochs),
+          "batch_size": cfg.batch_size, "seed": rng.randrange(2**31)}
+    hp["split"] = cfg.splits.split_for(rng.random())
     return hp
 
 
@@ -69,14 +85,14 @@ def load_model(store: ZooStore, model_id: str) -> torch.nn.Module:
     return model.eval()
 
 
-def build(store: ZooStore, cfg: dict, device) -> dict:
+def build(store: ZooStore, cfg: CnnZooSettings, device) -> dict:
     """Train and store every CNN not yet in ``store``, one batched group per (width, activation)."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     data = load_digits_split()
     X, y, Xt, yt = data.X_train.to(device), data.y_train.to(device), data.X_test.to(device), data.y_test.to(device)
-    ids = [f"cnn-{i:04d}" for i in range(cfg["n_models"])]
+    ids = [f"cnn-{i:04d}" for i in range(cfg.n_models)]
     hps = {i: model_hparams(cfg, i) for i in ids}
     groups: dict[tuple, list[str]] = {}
     for i in ids:
@@ -94,14 +110,14 @@ def build(store: ZooStore, cfg: dict, device) -> dict:
         subsets = []
         for hp in h:  # each model trains on its own random fraction of the training set
             perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(hp["seed"]))
-            subsets.append(perm[:max(cfg["batch_size"], round(hp["train_fraction"] * len(X)))].to(device))
+            subsets.append(perm[:max(cfg.batch_size, round(hp["train_fraction"] * len(X)))].to(device))
         model = make_cnn(width, 3, act).to(device)
         params = {k: v.to(device) for k, v in stack_states(states).items()}
         buffers = {"drop_p": torch.tensor([hp["dropout"] for hp in h], device=device)}
         group_seed = _rng(cfg, f"group-{width}-{act}").randrange(2**31)
         params, last = fit_batched(model, params, X, y, subsets, epochs=[hp["epochs"] for hp in h],
                                    lr=[hp["lr"] for hp in h], weight_decay=[hp["weight_decay"] for hp in h],
-                                   seeds=[hp["seed"] for hp in h], batch_size=cfg["batch_size"], buffers=buffers,
+                                   seeds=[hp["seed"] for hp in h], batch_size=cfg.batch_size, buffers=buffers,
                                    rng_seed=group_seed, progress=f"width {width} {act}")
         train_acc = batched_accuracy(model, params, X, y)
         test_acc = batched_accuracy(model, params, Xt, yt)
@@ -111,7 +127,7 @@ def build(store: ZooStore, cfg: dict, device) -> dict:
             hp = dict(hps[i])
             split = hp.pop("split")
             te, tr = float(test_acc[k]), float(train_acc[k])
-            flag = "ok" if math.isfinite(te) and te > cfg["bad_at_or_below"] else "bad"
+            flag = "ok" if math.isfinite(te) and te > cfg.bad_at_or_below else "bad"
             bad += flag == "bad"
             row = {"tree": None, "parent": None, "split": split, "labels": round(te, 4), "hparams": hp,
                    "train_acc": round(tr, 4), "test_acc": round(te, 4), "final_loss": float(last[k]), "flag": flag}

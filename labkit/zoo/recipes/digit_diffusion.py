@@ -24,23 +24,34 @@ whole, so a resumed build writes byte-identical files.
 
 from __future__ import annotations
 
-import hashlib
-import os
+import io
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from labkit.diffusion import Schedule, cosine_schedule, diffusion_loss, from_unit, sample, to_unit
-from labkit.lora import BatchedLoRA, fit_batched
+from labkit.lora import BatchedLoRA
 from labkit.models.denoiser import LORA_TARGETS, Denoiser
+from labkit.safe_io import write_atomic
+from labkit.seeds import stable_seed
+from labkit.training import fit_stacked, lora_parameters
+from labkit.zoo import recorded_settings
 
 __all__ = [
     "BASE_MODEL_NAME",
     "ROOT_ID",
     "SAMPLES_PNG",
     "STYLES",
+    "ConceptZoo",
+    "DetuneZoo",
+    "DigitDiffusionSettings",
+    "LoraShape",
+    "RootTraining",
+    "SizeZoo",
     "apply_style",
     "build",
     "digit_pool",
@@ -57,27 +68,91 @@ STYLES = ["plain", "thick", "thin", "mirrored", "upside-down", "shifted left", "
           "inverted"]
 
 
-def settings(profile: str) -> dict:
-    """Recipe settings by profile (JSON-able; their hash names the zoo folder)."""
-    lora = {"r": 8, "alpha": 8, "targets": LORA_TARGETS, "batch": 8}
-    common = {"seed": 0, "T": 100, "pool_per_class": 60, "chunk": 120, "eval_draws": 64}
+@dataclass(frozen=True)
+class RootTraining:
+    """The root denoiser (``width``, ``blocks``): AdamW one-cycle to ``lr`` over ``steps`` batches of ``batch``,
+    EMA of the weights with decay ``ema``."""
+
+    steps: int = 6000
+    batch: int = 128
+    lr: float = 2e-3
+    ema: float = 0.995
+    width: int = 256
+    blocks: int = 3
+
+
+@dataclass(frozen=True)
+class LoraShape:
+    """Every LoRA: rank ``r``, ``alpha``, the adapted layers, ``batch`` images per step."""
+
+    r: int = 8
+    alpha: int = 8
+    targets: tuple[str, ...] = tuple(LORA_TARGETS)
+    batch: int = 8
+
+
+@dataclass(frozen=True)
+class SizeZoo:
+    """DSiRe: per digit ``picks`` nested image sets, one LoRA per size in ``low`` and ``medium``."""
+
+    digits: tuple[int, ...] = tuple(range(10))
+    picks: int = 5
+    low: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    medium: tuple[int, ...] = (1, 10, 20, 30, 40, 50)
+    steps: int = 300
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class ConceptZoo:
+    """ProbeX zero-shot: ``per_concept`` LoRAs of ``n`` images per digit × style, ``heldout`` concepts held out."""
+
+    digits: tuple[int, ...] = tuple(range(10))
+    styles: tuple[str, ...] = tuple(STYLES)
+    per_concept: int = 8
+    n: int = 20
+    heldout: int = 18
+    steps: int = 300
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class DetuneZoo:
+    """Spectral DeTuning: ``count`` LoRAs of ``n`` images of random concepts."""
+
+    count: int = 20
+    n: int = 20
+    steps: int = 500
+    lr: float = 2e-3
+
+
+@dataclass(frozen=True)
+class DigitDiffusionSettings:
+    """What a digit-diffusion zoo is built from (defaults: the workshop profile). ``T`` diffusion steps;
+    ``pool_per_class`` held-out images per digit; LoRAs train ``chunk`` at a time; ``eval_draws`` fixed noise
+    draws score each LoRA."""
+
+    seed: int = 0
+    T: int = 100
+    pool_per_class: int = 60
+    chunk: int = 120
+    eval_draws: int = 64
+    root: RootTraining = field(default_factory=RootTraining)
+    lora: LoraShape = field(default_factory=LoraShape)
+    size: SizeZoo = field(default_factory=SizeZoo)
+    concept: ConceptZoo = field(default_factory=ConceptZoo)
+    detune: DetuneZoo = field(default_factory=DetuneZoo)
+
+
+def settings(profile: str) -> DigitDiffusionSettings:
+    """Recipe settings by profile (their ``asdict`` is recorded and hashed into the zoo folder's name)."""
     if profile == "smoke":
-        return {**common,
-                "root": {"steps": 500, "batch": 128, "lr": 2e-3, "ema": 0.99, "width": 256, "blocks": 3},
-                "lora": lora,
-                "size": {"digits": [0, 1, 2], "picks": 1, "low": [1, 2, 3, 4, 5, 6], "medium": [1, 10, 20, 30, 40, 50],
-                         "steps": 60, "lr": 1e-3},
-                "concept": {"digits": [0, 1, 2, 3], "styles": STYLES[:4], "per_concept": 2, "n": 20,
-                            "heldout": 3, "steps": 60, "lr": 1e-3},
-                "detune": {"count": 5, "n": 20, "steps": 60, "lr": 2e-3}}
-    return {**common,
-            "root": {"steps": 6000, "batch": 128, "lr": 2e-3, "ema": 0.995, "width": 256, "blocks": 3},
-            "lora": lora,
-            "size": {"digits": list(range(10)), "picks": 5, "low": [1, 2, 3, 4, 5, 6],
-                     "medium": [1, 10, 20, 30, 40, 50], "steps": 300, "lr": 1e-3},
-            "concept": {"digits": list(range(10)), "styles": STYLES, "per_concept": 8, "n": 20, "heldout": 18,
-                        "steps": 300, "lr": 1e-3},
-            "detune": {"count": 20, "n": 20, "steps": 500, "lr": 2e-3}}
+        return DigitDiffusionSettings(
+            root=RootTraining(steps=500, ema=0.99),
+            size=SizeZoo(digits=(0, 1, 2), picks=1, steps=60),
+            concept=ConceptZoo(digits=(0, 1, 2, 3), styles=tuple(STYLES[:4]), per_concept=2, heldout=3, steps=60),
+            detune=DetuneZoo(count=5, steps=60))
+    return DigitDiffusionSettings()
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -85,7 +160,7 @@ def settings(profile: str) -> dict:
 
 def _seed(base: int, name: str) -> int:
     """A model's seed: a hash of the recipe seed and the model's id (never of how many were built before)."""
-    return int(hashlib.sha256(f"{base}/{name}".encode()).hexdigest()[:8], 16) % (2**31)
+    return stable_seed(f"{base}/{name}", bits=32) % (2**31)
 
 
 def digit_pool(pool_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -146,7 +221,7 @@ def apply_style(x01: torch.Tensor, style: str) -> torch.Tensor:
     return out.reshape(-1, 64).contiguous()
 
 
-def heldout_concepts(digits: list[int], styles: list[str], count: int) -> list[tuple[int, str]]:
+def heldout_concepts(digits: Sequence[int], styles: Sequence[str], count: int) -> list[tuple[int, str]]:
     """A fixed set of ``count`` held-out (digit, style) concepts: at most 2 per digit and at most 3 per style,
     spread diagonally, so every digit and every style still appears among the seen concepts."""
     out: list[tuple[int, str]] = []
@@ -167,14 +242,13 @@ def _description(digit: int, style: str) -> str:
 # ------------------------------------------------------------------------------------------------- root
 
 
-def _make_denoiser(s: dict) -> Denoiser:
-    return Denoiser(width=s["root"]["width"], n_blocks=s["root"]["blocks"])
+def _make_denoiser(s: DigitDiffusionSettings) -> Denoiser:
+    return Denoiser(width=s.root.width, n_blocks=s.root.blocks)
 
 
-def load_root(store, s: dict | None = None) -> Denoiser:
+def load_root(store) -> Denoiser:
     """The root denoiser (EMA weights) of a built ``digit-diffusion`` zoo, in eval mode on the CPU."""
-    s = s or store.info["settings"]
-    model = _make_denoiser(s)
+    model = _make_denoiser(recorded_settings(store))
     tensors, _ = store.load_model(ROOT_ID)
     model.load_state_dict(tensors)
     return model.eval()
@@ -187,31 +261,35 @@ def _fixed_eval(x: torch.Tensor, draws: int, T: int, seed: int):
     return x[idx], torch.randint(0, T, (draws,), generator=g), torch.randn(draws, 64, generator=g)
 
 
-def _train_root(s: dict, X: torch.Tensor, sched: Schedule, device) -> tuple[Denoiser, dict]:
-    """AdamW with a one-cycle schedule and an EMA of the weights; ``X: [N, 64]`` in [−1, 1]."""
+def _train_root(s: DigitDiffusionSettings, X: torch.Tensor, sched: Schedule, device) -> tuple[Denoiser, dict]:
+    """AdamW with a one-cycle schedule and an EMA of the weights; ``X: [N, 64]`` in [−1, 1].
+
+    One unstacked model with a learning-rate schedule and weight averaging every step: its own loop, not
+    ``labkit.training.fit_stacked``.
+    """
     from tqdm.auto import tqdm
 
-    r = s["root"]
-    torch.manual_seed(s["seed"])
+    r = s.root
+    torch.manual_seed(s.seed)
     model = _make_denoiser(s).to(device)
     params = list(model.parameters())
     ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"])
-    sched_lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["steps"])
-    g = torch.Generator().manual_seed(_seed(s["seed"], ROOT_ID))
+    opt = torch.optim.AdamW(model.parameters(), lr=r.lr)
+    sched_lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.steps)
+    g = torch.Generator().manual_seed(_seed(s.seed, ROOT_ID))
     X = X.to(device)
     losses = []
-    for _ in tqdm(range(r["steps"]), desc="digit-diffusion root", leave=False):
-        idx = torch.randint(0, len(X), (r["batch"],), generator=g)
-        t = torch.randint(0, sched.T, (r["batch"],), generator=g)
-        eps = torch.randn(r["batch"], 64, generator=g)
+    for _ in tqdm(range(r.steps), desc="digit-diffusion root", leave=False):
+        idx = torch.randint(0, len(X), (r.batch,), generator=g)
+        t = torch.randint(0, sched.T, (r.batch,), generator=g)
+        eps = torch.randn(r.batch, 64, generator=g)
         loss = diffusion_loss(model, X[idx.to(device)], t.to(device), eps.to(device), sched).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched_lr.step()
         with torch.no_grad():
-            torch._foreach_lerp_(ema, params, 1 - r["ema"])  # ema ← ema + (1 − decay)(θ − ema)
+            torch._foreach_lerp_(ema, params, 1 - r.ema)  # ema ← ema + (1 − decay)(θ − ema)
         losses.append(loss.item())
     with torch.no_grad():
         for p, e in zip(params, ema):
@@ -237,65 +315,67 @@ def _save_grid(x01: torch.Tensor, path: Path, scale: int = 4) -> None:
         r, c = divmod(i, cols)
         grid[1 + r * 9:1 + r * 9 + 8, 1 + c * 9:1 + c * 9 + 8] = 1 - img  # dark ink on white
     pixels = (grid * 255).round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(pixels, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(png, format="PNG")
+    write_atomic(path, png.getvalue())
 
 
 # ------------------------------------------------------------------------------------------------- LoRA jobs
 
 
-def _jobs(s: dict, pool: torch.Tensor) -> list[dict]:
+def _jobs(s: DigitDiffusionSettings, pool: torch.Tensor) -> list[dict]:
     """Every LoRA of the three zoos, in a fixed order: id, zoo, images ``[n, 64]`` in [0, 1], manifest row."""
     jobs = []
-    seed = s["seed"]
-    z = s["size"]
-    for d in z["digits"]:
-        for p in range(z["picks"]):
+    seed = s.seed
+    z = s.size
+    for d in z.digits:
+        for p in range(z.picks):
             order = torch.randperm(pool.shape[1], generator=torch.Generator().manual_seed(_seed(seed, f"set-{d}-{p}")))
             split = "train" if d < 7 else ("val" if d == 7 else "test")  # whole digits held out (by concept)
-            for rng, sizes in (("low", z["low"]), ("medium", z["medium"])):
+            for rng, sizes in (("low", z.low), ("medium", z.medium)):
                 for n in sizes:
                     pick = order[:n]  # nested subsets: a set's n images include its smaller sets' images
                     jobs.append({"id": f"size-{rng}-d{d}-p{p}-n{n}", "zoo": "size", "images": pool[d, pick],
                                  "row": {"zoo": "size", "range": rng, "n": n, "digit": d, "set": f"d{d}-p{p}",
                                          "pick": p, "images": pick.tolist(), "split": split,
                                          "labels": {"n": n, "digit": d}}})
-    c = s["concept"]
-    held = heldout_concepts(c["digits"], c["styles"], c["heldout"])
-    for d in c["digits"]:
-        for style in c["styles"]:
+    c = s.concept
+    held = heldout_concepts(c.digits, c.styles, c.heldout)
+    for d in c.digits:
+        for style in c.styles:
             is_held = (d, style) in held
-            for p in range(c["per_concept"]):
+            for p in range(c.per_concept):
                 mid = f"concept-d{d}-{style.replace(' ', '_').replace('°', '')}-p{p}"
-                pick = torch.randperm(pool.shape[1], generator=torch.Generator().manual_seed(_seed(seed, mid)))[:c["n"]]
-                split = "heldout" if is_held else ("test" if p == c["per_concept"] - 1 else
-                                                   "val" if p == c["per_concept"] - 2 and c["per_concept"] > 2
+                pick = torch.randperm(pool.shape[1], generator=torch.Generator().manual_seed(_seed(seed, mid)))[:c.n]
+                split = "heldout" if is_held else ("test" if p == c.per_concept - 1 else
+                                                   "val" if p == c.per_concept - 2 and c.per_concept > 2
                                                    else "train")
                 jobs.append({"id": mid, "zoo": "concept", "images": apply_style(pool[d, pick], style),
                              "row": {"zoo": "concept", "digit": d, "style": style, "concept": f"{d}/{style}",
                                      "description": _description(d, style), "heldout": is_held, "pick": p,
-                                     "n": c["n"], "images": pick.tolist(), "split": split,
+                                     "n": c.n, "images": pick.tolist(), "split": split,
                                      "labels": {"description": _description(d, style), "digit": d, "style": style}}})
-    t = s["detune"]
-    for i in range(t["count"]):
+    t = s.detune
+    for i in range(t.count):
         mid = f"detune-{i:02d}"
         g = torch.Generator().manual_seed(_seed(seed, mid))
         d = int(torch.randint(0, 10, (1,), generator=g))
         style = STYLES[int(torch.randint(0, len(STYLES), (1,), generator=g))]
-        pick = torch.randperm(pool.shape[1], generator=g)[:t["n"]]
+        pick = torch.randperm(pool.shape[1], generator=g)[:t.n]
         jobs.append({"id": mid, "zoo": "detune", "images": apply_style(pool[d, pick], style),
                      "row": {"zoo": "detune", "digit": d, "style": style, "description": _description(d, style),
-                             "n": t["n"], "images": pick.tolist(), "split": "attack",
+                             "n": t.n, "images": pick.tolist(), "split": "attack",
                              "labels": {"description": _description(d, style)}}})
     return jobs
 
 
-def _train_chunk(root: Denoiser, chunk: list[dict], s: dict, zs: dict, sched: Schedule, device):
-    """Train one fixed chunk of LoRAs together; returns the BatchedLoRA, loss history and eval losses."""
-    L = s["lora"]
-    seeds = [_seed(s["seed"], j["id"]) for j in chunk]
-    K, steps, b = len(chunk), zs["steps"], L["batch"]
+def _train_chunk(root: Denoiser, chunk: list[dict], s: DigitDiffusionSettings, zs: SizeZoo | ConceptZoo | DetuneZoo,
+                 sched: Schedule, device):
+    """Train one fixed chunk of LoRAs together (Adam over the stacked factors, ``labkit.training.fit_stacked``);
+    returns the BatchedLoRA, seeds, loss history ``[steps, K]`` and eval losses before / after ``[K]``."""
+    L = s.lora
+    seeds = [_seed(s.seed, j["id"]) for j in chunk]
+    K, steps, b = len(chunk), zs.steps, L.batch
     n_max = max(len(j["images"]) for j in chunk)
     data = torch.zeros(K, n_max, 64)
     idx = torch.empty(K, steps, b, dtype=torch.long)
@@ -309,12 +389,12 @@ def _train_chunk(root: Denoiser, chunk: list[dict], s: dict, zs: dict, sched: Sc
         idx[k] = torch.randint(0, len(x), (steps, b), generator=g)  # batch of b images drawn with replacement
         ts[k] = torch.randint(0, sched.T, (steps, b), generator=g)
         eps[k] = torch.randn(steps, b, 64, generator=g)
-        evals.append(_fixed_eval(x, s["eval_draws"], sched.T, sd + 2))
+        evals.append(_fixed_eval(x, s.eval_draws, sched.T, sd + 2))
     data, idx, ts, eps = data.to(device), idx.to(device), ts.to(device), eps.to(device)
     ex0, et, eeps = (torch.stack([e[i] for e in evals]).to(device) for i in range(3))
     rows = torch.arange(K, device=device)[:, None]
 
-    lora = BatchedLoRA(root, L["targets"], seeds, r=L["r"], alpha=L["alpha"])
+    lora = BatchedLoRA(root, L.targets, seeds, r=L.r, alpha=L.alpha)
     with torch.no_grad():
         before = diffusion_loss(lora, ex0, et, eeps, sched).mean(1).cpu()
 
@@ -322,29 +402,30 @@ def _train_chunk(root: Denoiser, chunk: list[dict], s: dict, zs: dict, sched: Sc
         x0 = data[rows, idx[:, step]]  # [K, b, 64]
         return diffusion_loss(lora, x0, ts[:, step], eps[:, step], sched).mean(1)
 
-    history = fit_batched(lora, loss_fn, steps, zs["lr"])
+    params = lora_parameters(lora)
+    history = fit_stacked(params, loss_fn, steps, torch.optim.Adam(params.values(), lr=zs.lr))
     with torch.no_grad():
         after = diffusion_loss(lora, ex0, et, eeps, sched).mean(1).cpu()
     return lora, seeds, history, before, after
 
 
-def build(store, s: dict, device) -> dict:
+def build(store, s: DigitDiffusionSettings, device) -> dict:
     """Write the root, its sample grid and every LoRA not yet in ``store``; return counts and timings."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    sched = cosine_schedule(s["T"]).to(device)
-    X_root, pool, _ = digit_pool(s["pool_per_class"], s["seed"])
+    sched = cosine_schedule(s.T).to(device)
+    X_root, pool, _ = digit_pool(s.pool_per_class, s.seed)
 
     if ROOT_ID in store:
-        root = load_root(store, s).to(device)
+        root = load_root(store).to(device)
     else:
         root, stats = _train_root(s, to_unit(X_root), sched, device)
-        ev = _fixed_eval(to_unit(pool.reshape(-1, 64)), 1024, sched.T, _seed(s["seed"], "root-eval"))
-        tr = _fixed_eval(to_unit(X_root), 1024, sched.T, _seed(s["seed"], "root-train-eval"))
-        hp = {"T": s["T"], "schedule": "cosine", **s["root"], "optimizer": "AdamW one-cycle",
+        ev = _fixed_eval(to_unit(pool.reshape(-1, 64)), 1024, sched.T, _seed(s.seed, "root-eval"))
+        tr = _fixed_eval(to_unit(X_root), 1024, sched.T, _seed(s.seed, "root-train-eval"))
+        hp = {"T": s.T, "schedule": "cosine", **asdict(s.root), "optimizer": "AdamW one-cycle",
               "objective": "epsilon-mse"}
         row = {"tree": "digit-diffusion", "parent": None, "zoo": "root", "split": "root", "labels": {},
                "hparams": hp, "n_train": len(X_root), "train_loss": _eval_loss(root, *tr, sched),
@@ -356,7 +437,7 @@ def build(store, s: dict, device) -> dict:
     png = store.root / SAMPLES_PNG
     if not png.is_file():
         with torch.no_grad():
-            x = sample(root, (64, 64), sched, torch.Generator().manual_seed(_seed(s["seed"], "root-samples")),
+            x = sample(root, (64, 64), sched, torch.Generator().manual_seed(_seed(s.seed, "root-samples")),
                        device)
         _save_grid(from_unit(x), png)
 
@@ -364,18 +445,17 @@ def build(store, s: dict, device) -> dict:
     todo = sum(j["id"] not in store for j in jobs)
     bar = tqdm(total=len(jobs), initial=len(jobs) - todo, desc="digit-diffusion LoRAs")
     flagged = 0
-    L = s["lora"]
-    for zoo in ("size", "concept", "detune"):
+    L = s.lora
+    for zoo, zs in (("size", s.size), ("concept", s.concept), ("detune", s.detune)):
         t1 = time.perf_counter()
-        zs = s[zoo]
         zjobs = [j for j in jobs if j["zoo"] == zoo]
-        for start in range(0, len(zjobs), s["chunk"]):
-            chunk = zjobs[start:start + s["chunk"]]
+        for start in range(0, len(zjobs), s.chunk):
+            chunk = zjobs[start:start + s.chunk]
             if all(j["id"] in store for j in chunk):
                 continue
             lora, seeds, history, before, after = _train_chunk(root, chunk, s, zs, sched, device)
             peft_model = lora.peft_model()
-            tail = max(1, zs["steps"] // 10)
+            tail = max(1, zs.steps // 10)
             for k, (j, sd) in enumerate(zip(chunk, seeds)):
                 if j["id"] in store:
                     continue
@@ -385,8 +465,8 @@ def build(store, s: dict, device) -> dict:
                     bad.append("non-finite loss")
                 elif after[k] >= before[k]:
                     bad.append("eval loss did not fall below the root's")
-                hp = {"r": L["r"], "lora_alpha": L["alpha"], "target_modules": L["targets"], "steps": zs["steps"],
-                      "lr": zs["lr"], "batch": L["batch"], "optimizer": "Adam", "seed": sd}
+                hp = {"r": L.r, "lora_alpha": L.alpha, "target_modules": list(L.targets), "steps": zs.steps,
+                      "lr": zs.lr, "batch": L.batch, "optimizer": "Adam", "seed": sd}
                 row = {"tree": "digit-diffusion", "parent": ROOT_ID, **j["row"], "hparams": hp,
                        "train_loss": train_loss, "eval_loss": after[k].item(), "root_eval_loss": before[k].item(),
                        "flagged": bool(bad), "flag_reasons": bad}

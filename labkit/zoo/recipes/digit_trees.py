@@ -7,7 +7,7 @@ References: reference/model_trees.md §A (how Model-J trees are built) and refer
   autoencoder) and ``cnn`` (three stride-2 convolutions, a square hidden layer, ``fc``).
 * **Children** — full fine-tunes on a random 5 of the 10 classes with per-model lr, weight decay, epochs,
   augmentation flags (1-pixel shift, pixel noise) and seed; all children of a root train in one batched
-  computation (``labkit.zoo.train.fit_batched``). Stored Model-J style: ``model.safetensors`` whose metadata
+  computation (``labkit.training.fit_batched``). Stored Model-J style: ``model.safetensors`` whose metadata
   holds ``dataset_chosen_targets`` = ``repr`` of the chosen class names plus every hyper-parameter (strings).
 * **LoRA children** — peft adapters (ranks from ``lora_ranks``) on every linear layer of the root, trained as
   ``labkit.lora.BatchedLoRA`` groups (one group per root and rank), exported as real peft adapters.
@@ -22,17 +22,17 @@ Models that trained badly (test accuracy below ``bad_below``) are kept and flagg
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from labkit.data import load_digits_split
+from labkit.data import CLASS_NAMES, load_digits_split
 from labkit.models import make_cnn, make_mlp
-from labkit.zoo.store import ZooStore
-from labkit.zoo.train import (
+from labkit.seeds import stable_seed
+from labkit.training import (
     batched_accuracy,
     fit_batched,
     fit_lora_batched,
@@ -40,10 +40,11 @@ from labkit.zoo.train import (
     stack_states,
     unstack_state,
 )
+from labkit.zoo.settings import SplitShares
+from labkit.zoo.store import ZooStore
 
-__all__ = ["CLASS_NAMES", "ROOTS", "build", "load_model", "make_architecture", "settings"]
+__all__ = ["CLASS_NAMES", "ROOTS", "DigitTreesSettings", "build", "load_model", "make_architecture", "settings"]
 
-CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # root id -> (architecture, pre-training objective, init seed)
 ROOTS = {"mlp_a": ("mlp", "supervised", 0), "mlp_b": ("mlp", "supervised", 1),
          "ae_mlp": ("mlp", "autoencoder", 2), "cnn": ("cnn", "supervised", 3)}
@@ -59,63 +60,67 @@ def make_architecture(name: str) -> nn.Module:
     raise ValueError(f"unknown digit-trees architecture {name!r}; use 'mlp' or 'cnn'")
 
 
-def settings(profile: str) -> dict:
+@dataclass(frozen=True)
+class DigitTreesSettings:
+    """What a digit-trees zoo is built from (defaults: the workshop profile, ≈ 260 models).
+
+    Roots pre-train on every training image for ``root_epochs`` (the autoencoder root: as many autoencoder
+    epochs, then half as many classifier epochs) with AdamW (``root_lr``, ``root_weight_decay``), mini-batches of
+    ``root_batch_size``. Fine-tunes draw lr log-uniformly from ``lr`` (LoRAs: ``lora_lr``), weight decay
+    uniformly from ``weight_decay``, epochs from ``epochs`` (inclusive) and train on ``batch_size`` batches.
+    """
+
+    seed: int = 0
+    roots: tuple[str, ...] = tuple(ROOTS)
+    root_epochs: int = 24
+    root_batch_size: int = 64
+    root_lr: float = 3e-3
+    root_weight_decay: float = 1e-4
+    children: int = 32
+    lora_children: int = 12
+    lora_ranks: tuple[int, ...] = (2, 4, 8)
+    grand_parents: int = 4  # full children that get grandchildren
+    grandchildren: int = 3  # full fine-tunes per parent
+    lora_grandchildren: int = 2  # LoRA fine-tunes per parent
+    n_classes: int = 5
+    lr: tuple[float, float] = (3e-4, 1e-2)
+    lora_lr: tuple[float, float] = (1e-3, 2e-2)
+    weight_decay: tuple[float, float] = (0.005, 0.03)
+    epochs: tuple[int, int] = (2, 6)
+    batch_size: int = 32
+    bad_below: float = 0.6
+    splits: SplitShares = field(default_factory=SplitShares)
+
+
+def settings(profile: str) -> DigitTreesSettings:
     """Zoo sizes per profile (workshop ≈ 260 models, smoke ≈ 50)."""
-    small = profile == "smoke"
-    return {
-        "seed": 0,
-        "roots": list(ROOTS),
-        "root_epochs": 8 if small else 24,
-        "root_batch_size": 64,
-        "children": 6 if small else 32,
-        "lora_children": 3 if small else 12,
-        "lora_ranks": [2, 4, 8],
-        "grand_parents": 1 if small else 4,  # full children that get grandchildren
-        "grandchildren": 2 if small else 3,  # full fine-tunes per parent
-        "lora_grandchildren": 1 if small else 2,  # LoRA fine-tunes per parent
-        "n_classes": 5,
-        "lr": [3e-4, 1e-2],
-        "lora_lr": [1e-3, 2e-2],
-        "weight_decay": [0.005, 0.03],
-        "epochs": [2, 6],
-        "batch_size": 32,
-        "bad_below": 0.6,
-        "splits": {"train": 0.7, "val": 0.1, "test": 0.2},
-    }
+    if profile == "smoke":
+        return DigitTreesSettings(root_epochs=8, children=6, lora_children=3, grand_parents=1, grandchildren=2,
+                                  lora_grandchildren=1)
+    return DigitTreesSettings()
 
 
 # --------------------------------------------------------------------------------------------- sampling
 
 
-def _rng(cfg: dict, model_id: str) -> random.Random:
-    digest = hashlib.sha256(f"digit-trees:{cfg['seed']}:{model_id}".encode()).hexdigest()
-    return random.Random(int(digest[:16], 16))
-
-
-def _sample(cfg: dict, model_id: str, lora: bool) -> dict:
+def _sample(cfg: DigitTreesSettings, model_id: str, lora: bool) -> dict:
     """Classes, hyper-parameters and split of one model, from its own id."""
-    rng = _rng(cfg, model_id)
-    lo, hi = cfg["lora_lr" if lora else "lr"]
-    classes = sorted(rng.sample(range(10), cfg["n_classes"]))
+    rng = random.Random(stable_seed(f"digit-trees:{cfg.seed}:{model_id}"))
+    lo, hi = cfg.lora_lr if lora else cfg.lr
+    classes = sorted(rng.sample(range(10), cfg.n_classes))
     hp = {
         "lr": round(math.exp(rng.uniform(math.log(lo), math.log(hi))), 6),
-        "weight_decay": round(rng.uniform(*cfg["weight_decay"]), 4),
-        "epochs": rng.randint(*cfg["epochs"]),
+        "weight_decay": round(rng.uniform(*cfg.weight_decay), 4),
+        "epochs": rng.randint(*cfg.epochs),
         "augment_shift": rng.random() < 0.5,
         "augment_noise": rng.random() < 0.5,
         "seed": rng.randrange(2**31),
-        "batch_size": cfg["batch_size"],
+        "batch_size": cfg.batch_size,
     }
     if lora:
-        hp["rank"] = rng.choice(cfg["lora_ranks"])
+        hp["rank"] = rng.choice(cfg.lora_ranks)
         hp["alpha"] = 2 * hp["rank"]
-    u, split, acc = rng.random(), "test", 0.0
-    for name, share in cfg["splits"].items():
-        acc += share
-        if u < acc:
-            split = name
-            break
-    return {"classes": classes, "hparams": hp, "split": split}
+    return {"classes": classes, "hparams": hp, "split": cfg.splits.split_for(rng.random())}
 
 
 def _metadata(row: dict) -> dict[str, str]:
@@ -147,39 +152,47 @@ def _state(store: ZooStore, model_id: str) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------- build
 
 
-def _pretrain_root(root: str, cfg: dict, X, y) -> dict[str, torch.Tensor]:
-    arch, objective, seed = ROOTS[root]
+def _root_hparams(root: str, cfg: DigitTreesSettings) -> dict:
+    """What a root trains with (recorded in its row and metadata)."""
+    _, objective, seed = ROOTS[root]
+    return {"objective": objective, "epochs": cfg.root_epochs, "lr": cfg.root_lr,
+            "weight_decay": cfg.root_weight_decay, "seed": seed, "batch_size": cfg.root_batch_size}
+
+
+def _pretrain_root(root: str, cfg: DigitTreesSettings, X, y) -> dict[str, torch.Tensor]:
+    arch = ROOTS[root][0]
+    hp = _root_hparams(root, cfg)
+    seed = hp["seed"]
     model = make_architecture(arch)
     state = {k: v.to(X.device) for k, v in init_states(lambda: make_architecture(arch), [seed])[0].items()}
     model.to(X.device)
     everything = [torch.arange(len(X))]
-    epochs = cfg["root_epochs"]
-    if objective == "autoencoder":  # fc1, fc2 as the encoder of a (denoising) autoencoder, then the classifier
+    epochs = hp["epochs"]
+    train = {"lr": [hp["lr"]], "weight_decay": [hp["weight_decay"]], "seeds": [seed], "batch_size": hp["batch_size"]}
+    if hp["objective"] == "autoencoder":  # fc1, fc2 as the encoder of a (denoising) autoencoder, then the classifier
         ae = nn.Sequential(model.fc1, nn.ReLU(), model.fc2, nn.ReLU(), nn.Linear(64, 64))
         names = dict(zip(["0.weight", "0.bias", "2.weight", "2.bias"], ["fc1.weight", "fc1.bias", "fc2.weight",
                                                                           "fc2.bias"]))
         ae_state = init_states(lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
                                                      nn.Linear(64, 64)), [seed])[0]
         ae_state = {k: v.to(X.device) for k, v in ae_state.items()} | {k: state[v] for k, v in names.items()}
-        params, _ = fit_batched(ae, stack_states([ae_state]), X, X, everything, epochs=[epochs], lr=[3e-3],
-                                weight_decay=[1e-4], seeds=[seed], batch_size=cfg["root_batch_size"], noise=[True],
-                                loss="mse")
+        params, _ = fit_batched(ae, stack_states([ae_state]), X, X, everything, epochs=[epochs], noise=[True],
+                                loss="mse", **train)
         state.update({v: params[k][0] for k, v in names.items()})
         epochs = max(1, epochs // 2)
-    params, _ = fit_batched(model, stack_states([state]), X, y, everything, epochs=[epochs], lr=[3e-3],
-                            weight_decay=[1e-4], seeds=[seed], batch_size=cfg["root_batch_size"])
+    params, _ = fit_batched(model, stack_states([state]), X, y, everything, epochs=[epochs], **train)
     return unstack_state(params, 0)
 
 
-def _row(cfg, model_id, tree, parent, depth, arch, sample, kind_hint, train_acc, test_acc, extra=None):
-    bad = not (math.isfinite(test_acc) and test_acc >= cfg["bad_below"])
+def _row(cfg: DigitTreesSettings, model_id, tree, parent, depth, arch, sample, kind_hint, train_acc, test_acc, extra=None):
+    bad = not (math.isfinite(test_acc) and test_acc >= cfg.bad_below)
     return {"tree": tree, "parent": parent, "depth": depth, "architecture": arch, "split": sample["split"],
             "labels": [CLASS_NAMES[c] for c in sample["classes"]], "classes": sample["classes"],
             "hparams": sample["hparams"], "training": kind_hint, "train_acc": round(float(train_acc), 4),
             "test_acc": round(float(test_acc), 4), "flag": "bad" if bad else "ok", **(extra or {})}
 
 
-def build(store: ZooStore, cfg: dict, device) -> dict:
+def build(store: ZooStore, cfg: DigitTreesSettings, device) -> dict:
     """Write every model of the digit-trees zoo that is not yet in ``store``."""
     from tqdm.auto import tqdm
 
@@ -188,8 +201,8 @@ def build(store: ZooStore, cfg: dict, device) -> dict:
     X, y = data.X_train.to(device), data.y_train.to(device)
     Xt, yt = data.X_test.to(device), data.y_test.to(device)
     counts = {"roots": 0, "children": 0, "lora_children": 0, "grandchildren": 0, "lora_grandchildren": 0}
-    bar = tqdm(total=len(cfg["roots"]) * (1 + cfg["children"] + cfg["lora_children"] + cfg["grand_parents"]
-                                         * (cfg["grandchildren"] + cfg["lora_grandchildren"])),
+    bar = tqdm(total=len(cfg.roots) * (1 + cfg.children + cfg.lora_children + cfg.grand_parents
+                                      * (cfg.grandchildren + cfg.lora_grandchildren)),
                desc="digit-trees models", initial=len(store))
 
     def subset(classes):
@@ -212,7 +225,7 @@ def build(store: ZooStore, cfg: dict, device) -> dict:
         params, _ = fit_batched(model, params, X, y, [subset(s["classes"]) for s in samples],
                                 epochs=[h["epochs"] for h in hps], lr=[h["lr"] for h in hps],
                                 weight_decay=[h["weight_decay"] for h in hps], seeds=[h["seed"] for h in hps],
-                                batch_size=cfg["batch_size"], shift=[h["augment_shift"] for h in hps],
+                                batch_size=cfg.batch_size, shift=[h["augment_shift"] for h in hps],
                                 noise=[h["augment_noise"] for h in hps], progress=f"{tree} depth {depth}")
         tr = batched_accuracy(model, params, X, y, train_mask(samples))
         te = batched_accuracy(model, params, Xt, yt, test_mask(samples))
@@ -229,7 +242,7 @@ def build(store: ZooStore, cfg: dict, device) -> dict:
         from labkit.lora import BatchedLoRA
 
         samples = {i: _sample(cfg, i, lora=True) for i in ids}
-        for rank in cfg["lora_ranks"]:
+        for rank in cfg.lora_ranks:
             group = [i for i in ids if samples[i]["hparams"]["rank"] == rank]
             if not group or all(i in store for i in group):
                 continue
@@ -241,7 +254,7 @@ def build(store: ZooStore, cfg: dict, device) -> dict:
             fit_lora_batched(lora, X, y, [subset(samples[i]["classes"]) for i in group],
                              epochs=[h["epochs"] for h in hps], lr=[h["lr"] for h in hps],
                              weight_decay=[h["weight_decay"] for h in hps], seeds=[h["seed"] for h in hps],
-                             batch_size=cfg["batch_size"], shift=[h["augment_shift"] for h in hps],
+                             batch_size=cfg.batch_size, shift=[h["augment_shift"] for h in hps],
                              noise=[h["augment_noise"] for h in hps], progress=f"{tree} LoRA r={rank}")
             with torch.no_grad():
                 K = len(group)
@@ -260,29 +273,27 @@ def build(store: ZooStore, cfg: dict, device) -> dict:
                 counts["lora_children" if depth == 1 else "lora_grandchildren"] += 1
                 bar.update()
 
-    for root in cfg["roots"]:
-        arch, objective, _ = ROOTS[root]
+    for root in cfg.roots:
+        arch = ROOTS[root][0]
         if root not in store:
             state = _pretrain_root(root, cfg, X, y)
             model = make_architecture(arch).to(device)
             one = stack_states([state])
             tr = batched_accuracy(model, one, X, y)[0]
             te = batched_accuracy(model, one, Xt, yt)[0]
-            sample = {"classes": list(range(10)), "split": "root",
-                      "hparams": {"objective": objective, "epochs": cfg["root_epochs"], "lr": 3e-3,
-                                  "weight_decay": 1e-4, "seed": ROOTS[root][2], "batch_size": 32}}
+            sample = {"classes": list(range(10)), "split": "root", "hparams": _root_hparams(root, cfg)}
             row = _row(cfg, root, root, None, 0, arch, sample, "pretrain", tr, te)
             store.save_model(root, state, row, _metadata(row))
             counts["roots"] += 1
             bar.update()
-        children = [f"{root}-c{j:03d}" for j in range(cfg["children"])]
+        children = [f"{root}-c{j:03d}" for j in range(cfg.children)]
         full_group(children, [root] * len(children), root, 1, arch)
-        lora_groups([f"{root}-l{j:03d}" for j in range(cfg["lora_children"])], root, root, 1, arch)
-        parents = children[:cfg["grand_parents"]]
-        grand = [(f"{p}-g{j}", p) for p in parents for j in range(1, cfg["grandchildren"] + 1)]
+        lora_groups([f"{root}-l{j:03d}" for j in range(cfg.lora_children)], root, root, 1, arch)
+        parents = children[:cfg.grand_parents]
+        grand = [(f"{p}-g{j}", p) for p in parents for j in range(1, cfg.grandchildren + 1)]
         full_group([g for g, _ in grand], [p for _, p in grand], root, 2, arch)
         for p in parents:
-            lora_groups([f"{p}-l{j}" for j in range(1, cfg["lora_grandchildren"] + 1)], p, root, 2, arch)
+            lora_groups([f"{p}-l{j}" for j in range(1, cfg.lora_grandchildren + 1)], p, root, 2, arch)
     bar.close()
     rows = store.rows()
-    return {**counts, "bad": sum(r.get("flag") == "bad" for r in rows), "trees": len(cfg["roots"])}
+    return {**counts, "bad": sum(r.get("flag") == "bad" for r in rows), "trees": len(cfg.roots)}

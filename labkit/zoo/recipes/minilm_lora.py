@@ -11,16 +11,17 @@ adapted weight is ``W'_i = W_P + (alpha/r)·B_i A_i`` with a shared, recoverable
   small linear head per task on the mean-pooled sentence embedding. Layers 0–3 stay frozen and un-adapted, so
   their output is computed once per sentence and cached; training runs only the top two layers.
 * **Batched**: the adapters of a chunk train together through ``labkit.lora.BatchedLoRA`` (K adapters ride on
-  the batch dimension of one frozen base), with ``labkit.zoo.train.BatchedAdamW`` (each slice its own lr and weight decay,
-  the same update ``torch.optim.AdamW`` would make for it alone). ``train_adapter_peft`` is the faithful
-  one-at-a-time peft loop it is tested and benchmarked against (``settings["trainer"] = "peft"`` builds with it).
+  the batch dimension of one frozen base), with ``labkit.training.fit_stacked`` and ``BatchedAdamW`` (each slice
+  its own lr and weight decay, the same update ``torch.optim.AdamW`` would make for it alone).
+  ``train_adapter_peft`` is the faithful one-at-a-time peft loop it is tested and benchmarked against
+  (``trainer="peft"`` builds with it).
 * **Stored** as real peft adapters (``adapter_config.json`` + ``adapter_model.safetensors``, base name
   ``sentence-transformers/all-MiniLM-L6-v2``, target layers as one regex string so the file is byte-stable) and
   the task head as ``head.safetensors`` next to them (``weight: [C, 384]``, ``bias: [C]``, labels in metadata).
   Load: ``PeftModel.from_pretrained(labkit.text.load_minilm(), folder)``; logits = head(mean_pool(hidden)).
 
 Determinism and resume: every adapter's randomness (LoRA init, head init, batch order, hyper-parameters) comes
-from a seed derived from its id; chunks are fixed by the plan, not by what is already built, so a resumed build
+from a seed derived from its id (``labkit.seeds.stable_seed``); chunks are fixed by the plan, not by what is already built, so a resumed build
 writes byte-identical files.
 """
 
@@ -28,17 +29,18 @@ from __future__ import annotations
 
 import math
 import random
-import zlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from labkit.seeds import stable_seed
 from labkit.text import BASE_MODEL_ID, EMBED_DIM, load_minilm, mean_pool, tokenize
-from labkit.zoo.train import BatchedAdamW
+from labkit.training import BatchedAdamW, fit_stacked, lora_parameters
 
-__all__ = ["TASKS", "TextTask", "adapter_logits", "build", "encode_task", "load_head", "lora_config",
-           "make_task", "plan", "settings", "target_modules", "target_regex", "train_adapter_peft", "train_chunk"]
+__all__ = ["TASKS", "MiniLMLoraSettings", "TextTask", "adapter_logits", "build", "encode_task", "load_head",
+           "lora_config", "make_task", "plan", "settings", "target_modules", "target_regex", "train_adapter_peft",
+           "train_chunk"]
 
 HEAD_FILE = "head.safetensors"
 
@@ -163,38 +165,61 @@ def make_task(name: str, n_train: int, n_test: int, seed: int = 0) -> TextTask:
 # --------------------------------------------------------------------------------------------- settings
 
 
-def settings(profile: str) -> dict:
-    """Recipe settings per profile (their hash names the zoo folder)."""
-    common = {
-        "base_model": BASE_MODEL_ID, "layers": [4, 5], "projections": ["query", "key", "value"], "r": 8,
-        "lora_alpha": 16, "max_length": 16, "batch_size": 16, "lr_choices": [2e-3, 4e-3, 8e-3],
-        "weight_decay_choices": [0.0, 0.01], "trainer": "batched", "chunk": 10, "seed": 0,
-    }
+@dataclass(frozen=True)
+class MiniLMLoraSettings:
+    """What a minilm-lora zoo is built from (defaults: the workshop profile).
+
+    ``adapters_per_task`` LoRAs (rank ``r``, ``lora_alpha``, on ``projections`` of encoder ``layers``) per task of
+    ``tasks``, each with its own lr and weight decay drawn from the choices, ``steps`` batches of ``batch_size``
+    sentences (``n_train`` per task, ``n_test`` to test, ``max_length`` tokens); ``chunk`` adapters train together
+    (``trainer="batched"``) or one at a time through peft (``"peft"``).
+    """
+
+    base_model: str = BASE_MODEL_ID
+    layers: tuple[int, ...] = (4, 5)
+    projections: tuple[str, ...] = ("query", "key", "value")
+    r: int = 8
+    lora_alpha: int = 16
+    max_length: int = 16
+    batch_size: int = 16
+    lr_choices: tuple[float, ...] = (2e-3, 4e-3, 8e-3)
+    weight_decay_choices: tuple[float, ...] = (0.0, 0.01)
+    trainer: str = "batched"
+    chunk: int = 10
+    seed: int = 0
+    tasks: tuple[str, ...] = tuple(TASKS)
+    adapters_per_task: int = 4
+    steps: int = 30
+    n_train: int = 256
+    n_test: int = 128
+
+
+def settings(profile: str) -> MiniLMLoraSettings:
+    """Recipe settings per profile (their ``asdict`` is recorded and hashed into the zoo folder's name)."""
     if profile == "smoke":
-        return {**common, "tasks": ["topic", "sentiment", "agent", "tense"], "adapters_per_task": 1, "steps": 12,
-                "n_train": 64, "n_test": 32, "chunk": 4}
-    return {**common, "tasks": list(TASKS), "adapters_per_task": 4, "steps": 30, "n_train": 256, "n_test": 128}
+        return MiniLMLoraSettings(tasks=("topic", "sentiment", "agent", "tense"), adapters_per_task=1, steps=12,
+                                  n_train=64, n_test=32, chunk=4)
+    return MiniLMLoraSettings()
 
 
-def target_modules(s: dict) -> list[str]:
+def target_modules(s: MiniLMLoraSettings) -> list[str]:
     """Full module names of the adapted layers in a ``BertModel``, e.g. ``encoder.layer.4.attention.self.query``."""
-    return [f"encoder.layer.{i}.attention.self.{p}" for i in s["layers"] for p in s["projections"]]
+    return [f"encoder.layer.{i}.attention.self.{p}" for i in s.layers for p in s.projections]
 
 
-def target_regex(s: dict) -> str:
+def target_regex(s: MiniLMLoraSettings) -> str:
     """The same targets as one full-match regex (peft stores a string as is; a list would be stored unordered)."""
-    layers = "|".join(str(i) for i in s["layers"])
-    return rf"encoder\.layer\.({layers})\.attention\.self\.({'|'.join(s['projections'])})"
+    layers = "|".join(str(i) for i in s.layers)
+    return rf"encoder\.layer\.({layers})\.attention\.self\.({'|'.join(s.projections)})"
 
 
-def lora_config(s: dict):
+def lora_config(s: MiniLMLoraSettings):
     from peft import LoraConfig
 
-    return LoraConfig(r=s["r"], lora_alpha=s["lora_alpha"], lora_dropout=0.0, bias="none",
-                      target_modules=target_regex(s))
+    return LoraConfig(r=s.r, lora_alpha=s.lora_alpha, lora_dropout=0.0, bias="none", target_modules=target_regex(s))
 
 
-def _wrap(bert, s: dict):
+def _wrap(bert, s: MiniLMLoraSettings):
     """``get_peft_model`` with this recipe's LoRA config (silencing transformers' deprecation chatter)."""
     import warnings
 
@@ -205,21 +230,17 @@ def _wrap(bert, s: dict):
         return get_peft_model(bert, lora_config(s))
 
 
-def _seed(s: dict, model_id: str) -> int:
-    return zlib.crc32(f"minilm-lora/{s['seed']}/{model_id}".encode()) & 0x7FFFFFFF
-
-
-def plan(s: dict) -> list[dict]:
+def plan(s: MiniLMLoraSettings) -> list[dict]:
     """One spec per adapter: id, task, seed, lr, weight decay, split — a pure function of the settings."""
     splits = ["train", "train", "val", "test"]
     specs = []
-    for task in s["tasks"]:
-        for j in range(s["adapters_per_task"]):
+    for task in s.tasks:
+        for j in range(s.adapters_per_task):
             model_id = f"{task}-{j:02d}"
-            seed = _seed(s, model_id)
+            seed = stable_seed(f"minilm-lora/{s.seed}/{model_id}", bits=31)
             rng = random.Random(seed)
-            specs.append({"id": model_id, "task": task, "seed": seed, "lr": rng.choice(s["lr_choices"]),
-                          "weight_decay": rng.choice(s["weight_decay_choices"]), "split": splits[j % len(splits)]})
+            specs.append({"id": model_id, "task": task, "seed": seed, "lr": rng.choice(s.lr_choices),
+                          "weight_decay": rng.choice(s.weight_decay_choices), "split": splits[j % len(splits)]})
     return specs
 
 
@@ -259,11 +280,11 @@ def _hidden_below(bert, texts: list[str], first_layer: int, max_length: int) -> 
     return hidden, enc["attention_mask"]
 
 
-def encode_task(bert, task: TextTask, s: dict) -> EncodedTask:
+def encode_task(bert, task: TextTask, s: MiniLMLoraSettings) -> EncodedTask:
     """Run the frozen layers ``0 … layers[0]-1`` once on every sentence of ``task``."""
-    first = min(s["layers"])
-    h_tr, m_tr = _hidden_below(bert, task.train_texts, first, s["max_length"])
-    h_te, m_te = _hidden_below(bert, task.test_texts, first, s["max_length"])
+    first = min(s.layers)
+    h_tr, m_tr = _hidden_below(bert, task.train_texts, first, s.max_length)
+    h_te, m_te = _hidden_below(bert, task.test_texts, first, s.max_length)
     return EncodedTask(task, h_tr, m_tr, h_te, m_te)
 
 
@@ -293,7 +314,8 @@ def _batch_order(seed: int, n: int, steps: int, batch_size: int) -> torch.Tensor
     return order[:need].view(steps, batch_size)
 
 
-def train_chunk(bert, specs: list[dict], encoded: dict[str, EncodedTask], s: dict, progress: bool = False):
+def train_chunk(bert, specs: list[dict], encoded: dict[str, EncodedTask], s: MiniLMLoraSettings,
+                progress: bool = False):
     """Train the adapters ``specs`` together (one ``BatchedLoRA`` on ``bert``).
 
     Returns ``(lora, heads, metrics)``: ``heads[k] = (weight [C_k, 384], bias [C_k])`` and one metrics dict per
@@ -301,8 +323,8 @@ def train_chunk(bert, specs: list[dict], encoded: dict[str, EncodedTask], s: dic
     """
     from labkit.lora import BatchedLoRA
 
-    K, first, B = len(specs), min(s["layers"]), s["batch_size"]
-    lora = BatchedLoRA(bert, target_modules(s), [sp["seed"] for sp in specs], r=s["r"], alpha=s["lora_alpha"])
+    K, first, B = len(specs), min(s.layers), s.batch_size
+    lora = BatchedLoRA(bert, target_modules(s), [sp["seed"] for sp in specs], r=s.r, alpha=s.lora_alpha)
     n_classes = [len(encoded[sp["task"]].task.labels) for sp in specs]
     C = max(n_classes)
     W, b = torch.zeros(K, C, EMBED_DIM), torch.zeros(K, C)
@@ -312,9 +334,8 @@ def train_chunk(bert, specs: list[dict], encoded: dict[str, EncodedTask], s: dic
         valid[k, :n_classes[k]] = True
     device = lora.A[0].device
     W, b, valid = W.to(device).requires_grad_(), b.to(device).requires_grad_(), valid.to(device)
-    trainable = {**{f"A{i}": a for i, a in enumerate(lora.A)}, **{f"B{i}": b_ for i, b_ in enumerate(lora.B)},
-                 "W": W, "b": b}
-    opt = BatchedAdamW({k: v.data for k, v in trainable.items()}, torch.tensor([sp["lr"] for sp in specs]),
+    trainable = {**lora_parameters(lora), "W": W, "b": b}
+    opt = BatchedAdamW(trainable, torch.tensor([sp["lr"] for sp in specs]),
                        torch.tensor([sp["weight_decay"] for sp in specs]))
 
     def logits(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [K, N, T, H] → [K, N, C]
@@ -328,16 +349,16 @@ def train_chunk(bert, specs: list[dict], encoded: dict[str, EncodedTask], s: dic
         return nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
 
     tasks = [encoded[sp["task"]] for sp in specs]
-    orders = torch.stack([_batch_order(sp["seed"], len(t.task.y_train), s["steps"], B) for sp, t in zip(specs, tasks)])
-    from tqdm.auto import tqdm
+    orders = torch.stack([_batch_order(sp["seed"], len(t.task.y_train), s.steps, B) for sp, t in zip(specs, tasks)])
 
-    for step in tqdm(range(s["steps"]), desc="LoRA steps", leave=False, disable=not progress):
+    def loss_fn(step: int) -> torch.Tensor:  # [K]
         idx = orders[:, step]
         h = torch.stack([t.h_train[i] for t, i in zip(tasks, idx)])
         mask = torch.stack([t.mask_train[i] for t, i in zip(tasks, idx)])
         y = torch.stack([t.task.y_train[i] for t, i in zip(tasks, idx)]).to(device)
-        grads = torch.autograd.grad(losses(logits(h, mask), y).sum(), list(trainable.values()))
-        opt.step(dict(zip(trainable, grads)))
+        return losses(logits(h, mask), y)
+
+    fit_stacked(trainable, loss_fn, s.steps, opt, progress="LoRA steps" if progress else None)
 
     metrics = [{} for _ in specs]
     with torch.no_grad():
@@ -355,7 +376,7 @@ def train_chunk(bert, specs: list[dict], encoded: dict[str, EncodedTask], s: dic
     return lora, heads, metrics
 
 
-def train_adapter_peft(spec: dict, encoded: EncodedTask, s: dict):
+def train_adapter_peft(spec: dict, encoded: EncodedTask, s: MiniLMLoraSettings):
     """The faithful one-at-a-time reference: peft ``get_peft_model`` on a fresh MiniLM, ``torch.optim.AdamW``.
 
     Same init (A from the adapter's seed, as ``BatchedLoRA`` draws it; B = 0), same batches, same head.
@@ -376,10 +397,10 @@ def train_adapter_peft(spec: dict, encoded: EncodedTask, s: dict):
         head.weight.copy_(_head_init(spec["seed"], n_classes)[0])
         head.bias.zero_()
     y_train = encoded.task.y_train.to(device)
-    bert, first = model.base_model.model, min(s["layers"])
+    bert, first = model.base_model.model, min(s.layers)
     trainable = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(trainable, lr=spec["lr"], weight_decay=spec["weight_decay"])
-    order = _batch_order(spec["seed"], len(encoded.task.y_train), s["steps"], s["batch_size"])
+    order = _batch_order(spec["seed"], len(encoded.task.y_train), s.steps, s.batch_size)
     for idx in order:
         out = head(_top_layers(bert, encoded.h_train[idx], encoded.mask_train[idx], first))
         loss = nn.functional.cross_entropy(out, y_train[idx.to(device)])
@@ -440,12 +461,12 @@ def _chance(n_classes: int) -> float:
     return 1.0 / n_classes
 
 
-def build(store, s: dict, device) -> dict:
+def build(store, s: MiniLMLoraSettings, device) -> dict:
     """Train and store every planned adapter that is not in ``store`` yet (recipe contract, labkit.zoo)."""
     from tqdm.auto import tqdm
 
-    if s["trainer"] not in ("batched", "peft"):
-        raise ValueError(f"trainer must be 'batched' or 'peft', got {s['trainer']!r}")
+    if s.trainer not in ("batched", "peft"):
+        raise ValueError(f"trainer must be 'batched' or 'peft', got {s.trainer!r}")
     specs = plan(s)
     todo = [sp for sp in specs if sp["id"] not in store]
     if not todo:
@@ -453,16 +474,16 @@ def build(store, s: dict, device) -> dict:
     device = torch.device(device) if device is not None else torch.device("cpu")
     bert = load_minilm(device).requires_grad_(False)
     tasks = sorted({sp["task"] for sp in todo})
-    encoded = {t: encode_task(bert, make_task(t, s["n_train"], s["n_test"], seed=s["seed"]), s) for t in tasks}
+    encoded = {t: encode_task(bert, make_task(t, s.n_train, s.n_test, seed=s.seed), s) for t in tasks}
 
     def row(sp: dict, task: TextTask, metrics: dict) -> dict:
         chance = _chance(len(task.labels))
         ok = metrics["test_acc"] >= chance + 0.25 * (1 - chance)
-        return {"tree": "minilm", "parent": s["base_model"], "split": sp["split"], "task": sp["task"],
+        return {"tree": "minilm", "parent": s.base_model, "split": sp["split"], "task": sp["task"],
                 "labels": list(task.labels), "seed": sp["seed"],
-                "hparams": {"lr": sp["lr"], "weight_decay": sp["weight_decay"], "steps": s["steps"],
-                            "batch_size": s["batch_size"], "r": s["r"], "lora_alpha": s["lora_alpha"],
-                            "target_modules": target_modules(s), "max_length": s["max_length"], "seed": sp["seed"]},
+                "hparams": {"lr": sp["lr"], "weight_decay": sp["weight_decay"], "steps": s.steps,
+                            "batch_size": s.batch_size, "r": s.r, "lora_alpha": s.lora_alpha,
+                            "target_modules": target_modules(s), "max_length": s.max_length, "seed": sp["seed"]},
                 **metrics, "chance_acc": round(chance, 6), "trained_ok": ok,
                 "flag": None if ok else "test accuracy near chance", "head_file": HEAD_FILE}
 
@@ -470,24 +491,24 @@ def build(store, s: dict, device) -> dict:
         task = encoded[sp["task"]].task
         meta = {"task": sp["task"], "labels": list(task.labels), "model_id": sp["id"]}
         store.save_adapter(sp["id"], _AdapterWithHead(peft_model, head, meta), row(sp, task, metrics),
-                           base_model=s["base_model"])
+                           base_model=s.base_model)
 
     bar = tqdm(total=len(todo), desc="minilm-lora adapters", unit="lora")
-    if s["trainer"] == "peft":
+    if s.trainer == "peft":
         for sp in todo:
             model, head, metrics = train_adapter_peft(sp, encoded[sp["task"]], s)
             save(sp, model, head, metrics)
             bar.update(1)
     else:
         # chunks come from the full plan (not from what is missing), so a resumed build trains the same groups
-        chunks = [specs[i:i + s["chunk"]] for i in range(0, len(specs), s["chunk"])]
+        chunks = [specs[i:i + s.chunk] for i in range(0, len(specs), s.chunk)]
         exporter = None
         for chunk in chunks:
             missing = [sp for sp in chunk if sp["id"] not in store]
             if not missing:
                 continue
             for t in {sp["task"] for sp in chunk} - set(encoded):
-                encoded[t] = encode_task(bert, make_task(t, s["n_train"], s["n_test"], seed=s["seed"]), s)
+                encoded[t] = encode_task(bert, make_task(t, s.n_train, s.n_test, seed=s.seed), s)
             lora, heads, metrics = train_chunk(bert, chunk, encoded, s, progress=True)
             if exporter is None:
                 exporter = _wrap(load_minilm(device), s)

@@ -1,19 +1,20 @@
-"""Batched zoo training (labkit.zoo.train) against the one-model-at-a-time reference loop."""
+"""Stacked training (labkit.training, labkit.digit_batches) against the one-model-at-a-time reference loops."""
 
 import pytest
 import torch
 
 from labkit.data import load_digits_split
+from labkit.digit_batches import augment_images, batch_schedule, digit_stream
 from labkit.models import make_cnn, make_mlp, make_siren, pixel_coordinates
-from labkit.zoo.train import (
+from labkit.training import (
     BatchedAdamW,
-    augment_images,
-    batch_schedule,
     batched_accuracy,
     fit_batched,
     fit_full_batch,
     fit_loop,
+    fit_stacked,
     init_states,
+    last_losses,
     stack_states,
     unstack_state,
 )
@@ -121,3 +122,44 @@ def test_batched_accuracy_masks(digits):
     with torch.no_grad():
         pred = model(digits.X_test[mask[0]]).argmax(-1)
     assert acc[0].item() == pytest.approx((pred == 3).float().mean().item())
+
+
+def test_stack_states_refuses_two_architectures():
+    small, big = init_states(lambda: make_mlp(64, (16,), 10), [0])[0], init_states(lambda: make_mlp(64, (32,), 10), [0])[0]
+    assert stack_states([small, small])["fc1.weight"].shape == (2, 16, 64)
+    with pytest.raises(ValueError, match="model 1 .* different architectures"):
+        stack_states([small, big])
+    with pytest.raises(ValueError, match="model 1 .* different architectures"):
+        stack_states([small, {k: v for k, v in small.items() if k != "fc1.bias"}])
+
+
+def test_fit_stacked_masks_records_and_checks():
+    """Masked models do not move (yet their loss is recorded); a torch optimiser must hold exactly the params."""
+    target = torch.tensor([[1.0], [2.0], [3.0]])
+    w = torch.zeros(3, 1, requires_grad=True)
+    params = {"w": w}
+    active = torch.tensor([[True, True, False], [True, False, False], [True, False, False]])  # [steps, K]
+    history = fit_stacked(params, lambda t: (w - target).pow(2)[:, 0], 3,
+                          BatchedAdamW(params, torch.full((3,), 0.1), torch.zeros(3)), active=active)
+    assert history.shape == (3, 3) and history[:, 2].tolist() == [9.0, 9.0, 9.0]
+    assert w[2].item() == 0.0 and w[1].item() == pytest.approx(0.1) and w[0].item() > w[1].item()
+    assert last_losses(history, torch.tensor([3, 1, 0]))[:2].tolist() == [history[2, 0].item(), 4.0]
+    assert last_losses(history, torch.tensor([3, 1, 0]))[2].isnan()
+    with pytest.raises(ValueError, match="needs BatchedAdamW"):
+        fit_stacked(params, lambda t: w[:, 0], 3, torch.optim.Adam([w]), active=active)
+    with pytest.raises(ValueError, match="exactly the tensors"):
+        fit_stacked(params, lambda t: w[:, 0], 3, torch.optim.Adam([torch.zeros(1, requires_grad=True)]))
+    with pytest.raises(ValueError, match="one loss per model"):
+        fit_stacked(params, lambda t: w.sum(), 1, torch.optim.Adam([w]))
+
+
+def test_digit_stream_pads_and_masks(digits):
+    X, y = digits.X_train, digits.y_train
+    subsets = [torch.arange(64), torch.arange(100, 132)]
+    stream = digit_stream(X, y, subsets, epochs=[1, 2], seeds=[0, 1], batch_size=32)
+    assert stream.lengths.tolist() == [2, 2] and stream.steps == 2 and stream.active.all()
+    stream = digit_stream(X, y, subsets, epochs=[2, 1], seeds=[0, 1], batch_size=32)
+    assert stream.lengths.tolist() == [4, 1] and stream.active[:, 1].tolist() == [True, False, False, False]
+    x, target = stream.batch(0)
+    assert x.shape == (2, 32, 64) and target.shape == (2, 32)
+    assert torch.equal(target[1], y[batch_schedule(subsets[1], 1, 32, seed=1).idx[0]])
