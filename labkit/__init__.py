@@ -8,13 +8,10 @@ Notebooks start with ``cfg = labkit.setup(profile, lab="04")``, which also start
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "setup"]
-
-_SUBMODULES = {"course", "data", "diffusion", "exercises", "models", "nbtools", "plots", "report", "runner", "session",
-               "spectra", "text", "training", "forests", "kurtosis_runs", "tree_probe", "widgets", "zoo", "methods",
-               "datasets", "lora"}
 
 
 def setup(*args, **kwargs):
@@ -26,6 +23,7 @@ def setup(*args, **kwargs):
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    """``labkit.<submodule>`` imports the submodule on first use."""
+    if name in {m.name for m in pkgutil.iter_modules(__path__)}:
         return importlib.import_module(f"labkit.{name}")
     raise AttributeError(f"module 'labkit' has no attribute {name!r}")

@@ -46,7 +46,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from labkit.safe_io import printable
+from labkit.safe_io import printable, write_atomic
 
 __all__ = ["main"]
 
@@ -125,7 +125,7 @@ def _cmd_zoo_build(args) -> int:
     from labkit import zoo
     from labkit.session import setup
 
-    cfg = setup(args.profile, quiet=True)
+    cfg = setup(args.profile, quiet=True, record=False)
     store = zoo.build(args.recipe, cfg)
     summary = store.summary()
     print(f"{args.recipe}: {len(store)} models ({summary.get('seconds', '?')} s to build)")
@@ -189,7 +189,7 @@ def _cmd_export(args) -> int:
     from labkit.session import setup
     from labkit.zoo.export import describe, export
 
-    cfg = setup(args.profile, quiet=True)
+    cfg = setup(args.profile, quiet=True, record=False)
     store = zoo.build(args.recipe, cfg)
     kwargs = {"n_loras": args.n_loras} if args.n_loras is not None else {}
     if kwargs and args.format != "lowra":
@@ -229,7 +229,7 @@ def _emit(result: dict, json_file: str | None) -> None:
                          "holds NaN/inf, so there is no result to report")
     text = json.dumps(result, indent=1, allow_nan=False)
     if json_file:
-        Path(json_file).write_text(text + "\n")
+        write_atomic(Path(json_file), text + "\n")
     else:
         print(text)
 

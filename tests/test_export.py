@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from labkit.cli import main
+from labkit.data import CLASS_NAMES
 from labkit.datasets.lora_wise import open_lora_wise
 from labkit.datasets.lowra import open_lowra
 from labkit.datasets.model_j import open_model_j
@@ -15,7 +16,6 @@ from labkit.lora import lora_factors
 from labkit.text import minilm_path
 from labkit.zoo import export as E
 from labkit.zoo.recipes import digit_diffusion as dd
-from labkit.zoo.recipes.digit_trees import CLASS_NAMES
 from labkit.zoo.store import read_safetensors
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import labkit.zoo as zoo
-from labkit.data import load_digits_split
+from labkit.data import CLASS_NAMES, load_digits_split
 from labkit.zoo.recipes import digit_trees
 from labkit.zoo.store import ZooStore
 
@@ -76,7 +76,7 @@ def test_model_j_metadata_and_recorded_accuracy(store):
     for r in children:
         _, meta = store.load_model(r["id"])
         names = ast.literal_eval(meta["dataset_chosen_targets"])
-        assert names == r["labels"] == [digit_trees.CLASS_NAMES[c] for c in r["classes"]]
+        assert names == r["labels"] == [CLASS_NAMES[c] for c in r["classes"]]
         for key in ("lr", "weight_decay", "epochs", "augment_shift", "augment_noise", "seed"):
             assert meta[key] == str(r["hparams"][key])
         model = digit_trees.load_model(store, r["id"])

@@ -12,8 +12,8 @@
 
 Every loader raises ``BenchmarkMissingError`` (a ``FileNotFoundError``) when the data is not on disk, naming the
 ``data_scripts/download.py`` command that fetches it, and ``BenchmarkFormatError`` (a ``ValueError``) with a
-one-line message saying what is wrong and what to do when a file is truncated, has the wrong schema or the
-wrong rank. Tests run every loader on small files in the real formats (``tests/fixtures/``).
+one-line message saying what is wrong and what to do when a file has the wrong schema or the wrong rank; a
+truncated or corrupt tensor file is ``labkit.safe_io.CorruptFileError`` (also a ``ValueError``). Tests run every loader on small files in the real formats (``tests/fixtures/``).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from labkit.lora import lora_factors
+from labkit.safe_io import write_atomic
 from labkit.zoo.store import ZooStore, read_safetensors, save_safetensors
 
 __all__ = ["FORMATS", "LOWRA_SUBSETS", "describe", "export", "export_lora_wise", "export_lowra", "export_model_j",
@@ -104,9 +105,7 @@ def write_readme_configs(folder: Path, configs: dict[str, str]) -> Path:
     for name, glob in configs.items():
         entries[name] = {"config_name": name, "data_files": [{"split": "train", "path": glob}]}
     card.data.configs = [entries[k] for k in sorted(entries)]
-    tmp = folder / ".README.md.tmp"
-    card.save(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, str(card))
     return path
 
 

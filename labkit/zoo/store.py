@@ -44,7 +44,15 @@ from pathlib import Path
 
 import torch
 
-from labkit.safe_io import CorruptFileError, printable, read_bytes, read_json, regular_file, utf8_path
+from labkit.safe_io import (
+    CorruptFileError,
+    printable,
+    read_bytes,
+    read_json,
+    regular_file,
+    utf8_path,
+    write_atomic,
+)
 
 __all__ = [
     "ZooError",
@@ -260,9 +268,7 @@ class ZooStore:
         root.mkdir(parents=True, exist_ok=True)
         if not (root / "zoo.json").is_file():
             info = {"recipe": recipe, "profile": profile, "settings": settings, "key": root.name}
-            tmp = root / f".zoo.json.tmp-{os.getpid()}"
-            tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
-            os.replace(tmp, root / "zoo.json")
+            write_atomic(root / "zoo.json", json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
         return cls(root)
 
     # -- state -------------------------------------------------------------------------------------------
@@ -283,9 +289,7 @@ class ZooStore:
         """Record that the recipe finished, with the ids it promised (every model now listed) and an optional
         summary (timings, counts)."""
         summary = {**(summary or {}), "ids": self.ids()}
-        tmp = self.root / f".COMPLETE.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, self.root / "COMPLETE")
+        write_atomic(self.root / "COMPLETE", json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
 
     def mark_incomplete(self) -> None:
         """Withdraw the COMPLETE marker (a build found the zoo damaged and is filling it in again)."""
@@ -416,9 +420,7 @@ class ZooStore:
 
     def _write_manifest(self, rows: list[dict]) -> None:
         """Replace the manifest atomically (readers see the old or the new file, never a mix)."""
-        tmp = self.root / f".manifest.jsonl.tmp-{os.getpid()}"
-        _write_bytes(tmp, "".join(_row_line(r) for r in rows).encode())
-        os.replace(tmp, self.manifest_path)
+        write_atomic(self.manifest_path, "".join(_row_line(r) for r in rows))
 
     def _repair(self) -> None:
         """Put the store back into a state a build can continue from; call only while holding ``lock()``.

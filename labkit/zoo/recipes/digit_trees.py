@@ -43,7 +43,7 @@ from labkit.training import (
 from labkit.zoo.settings import SplitShares
 from labkit.zoo.store import ZooStore
 
-__all__ = ["CLASS_NAMES", "ROOTS", "DigitTreesSettings", "build", "load_model", "make_architecture", "settings"]
+__all__ = ["ROOTS", "DigitTreesSettings", "build", "load_model", "make_architecture", "settings"]
 
 # root id -> (architecture, pre-training objective, init seed)
 ROOTS = {"mlp_a": ("mlp", "supervised", 0), "mlp_b": ("mlp", "supervised", 1),

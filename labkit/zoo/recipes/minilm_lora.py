@@ -192,6 +192,14 @@ class MiniLMLoraSettings:
     steps: int = 30
     n_train: int = 256
     n_test: int = 128
+    # How each adapter's seed comes from ``seed`` and its id: the top 31 bits of sha256("minilm-lora/<seed>/<id>")
+    # (labkit.seeds.stable_seed). Zoos built before this field existed used zlib.crc32; recording the rule gives
+    # them a different folder, so a cached old zoo is never served as one built by this code.
+    seed_rule: str = "sha256"
+
+    def __post_init__(self):
+        if self.seed_rule != "sha256":
+            raise ValueError(f"minilm-lora derives seeds with sha256 only, not {self.seed_rule!r}")
 
 
 def settings(profile: str) -> MiniLMLoraSettings:
