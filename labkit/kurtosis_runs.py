@@ -13,6 +13,7 @@ import torch
 
 from labkit.forests import square_layers
 from labkit.methods.mother import kurtosis
+from labkit.training import fit_classifier
 
 __all__ = ["kurtosis_trajectory"]
 
@@ -23,7 +24,8 @@ def kurtosis_trajectory(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor
                         seed: int = 0) -> torch.Tensor:
     """Fine-tune copies of ``model`` (one per ``subsets[k]``, row indices of ``X``, with ``lrs[k]``; AdamW) and
     return κ (:func:`labkit.methods.mother.kurtosis`, summed over ``layer_names``, default: the square
-    weights) before training and after every epoch: ``[runs, epochs + 1]``."""
+    weights) before training and after every epoch: ``[runs, epochs + 1]``. Each run is
+    ``labkit.training.fit_classifier`` with AdamW (weight decay 0.01) on its own shuffled mini-batches."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
     names = list(layer_names) if layer_names is not None else square_layers(state)
     out = torch.zeros(len(subsets), epochs + 1, dtype=torch.float64)
@@ -40,18 +42,13 @@ def _trajectories(model, state, names, X, y, subsets, lrs, epochs, batch_size, s
     import copy
 
     for k, (rows, lr) in enumerate(zip(subsets, lrs)):
-        net = copy.deepcopy(model).train()
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
-        g = torch.Generator().manual_seed(seed + k)
+        net = copy.deepcopy(model)
         snapshots = [{n: state[n].cpu().clone() for n in names}]
-        for _ in range(epochs):
-            order = rows[torch.randperm(len(rows), generator=g)]
-            for s in range(0, len(order), batch_size):
-                b = order[s:s + batch_size]
-                loss = torch.nn.functional.cross_entropy(net(X[b]), y[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+
+        def snapshot(epoch: int, net=net, snapshots=snapshots) -> None:
             sd = net.state_dict()
             snapshots.append({n: sd[n].detach().cpu().clone() for n in names})
+
+        fit_classifier(net, X[rows], y[rows], epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=0.01,
+                       decoupled=True, seed=seed + k, after_epoch=snapshot)
         out[k] = kurtosis({n: torch.stack([s[n] for s in snapshots]) for n in names})

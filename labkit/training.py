@@ -21,8 +21,8 @@ It returns the loss history ``[steps, K]``. Built on it:
 Recipes with their own objective call ``fit_stacked`` directly (the digit-diffusion LoRAs, the MiniLM adapters).
 
 One-model reference loops: ``fit_loop`` (the faithful one-at-a-time ``fit_batched``, ``torch.optim.AdamW`` on a
-plain module; tests and benchmarks) and ``fit_classifier`` / ``accuracy`` (plain Adam on shuffled mini-batches;
-notebook 00).
+plain module; tests and benchmarks) and ``fit_classifier`` / ``accuracy`` (Adam or AdamW on shuffled mini-batches;
+notebook 00 and the kurtosis experiment, ``labkit.kurtosis_runs``).
 """
 
 from __future__ import annotations
@@ -350,17 +350,20 @@ def fit_loop(model: nn.Module, state: dict[str, torch.Tensor], X: torch.Tensor, 
 
 
 def fit_classifier(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 20, lr: float = 3e-3,
-                   batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0) -> list[float]:
-    """Adam on cross-entropy with shuffled mini-batches. ``X: [N, ...]``, ``y: [N]``; returns the loss per epoch."""
+                   batch_size: int = 64, weight_decay: float = 0.0, decoupled: bool = False, seed: int = 0,
+                   after_epoch: Callable[[int], None] | None = None) -> list[float]:
+    """Adam on cross-entropy with shuffled mini-batches (``torch.optim.AdamW`` when ``decoupled``: weight decay
+    applied to the weights, not added to the gradient). ``X: [N, ...]``, ``y: [N]``; ``after_epoch(epoch)`` is
+    called after each epoch (e.g. to snapshot the weights); returns the loss per epoch."""
     if len(X) != len(y):
         raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
     device = next(model.parameters()).device
     X, y = X.to(device), y.to(device)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = (torch.optim.AdamW if decoupled else torch.optim.Adam)(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses = []
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(X), generator=gen).to(device)
         total = 0.0
         for start in range(0, len(X), batch_size):
@@ -371,6 +374,8 @@ def fit_classifier(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs
             opt.step()
             total += loss.item() * len(idx)
         losses.append(total / len(X))
+        if after_epoch is not None:
+            after_epoch(epoch)
     model.eval()
     return losses
 
