@@ -12,7 +12,7 @@
   regime (§4.1: MoTHer assumes one), run MoTHer on them with pooled scores, and diagnose the wrong edges;
 * :func:`tree_cases`, :func:`recover_view` — one true tree at a time, for the ``TreeExplorer`` widget.
 
-Every file is read with safetensors (``labkit.zoo.store.read_safetensors``); nothing is unpickled.
+Every file is read with safetensors (``labkit.tensor_files.read_safetensors``); nothing is unpickled.
 """
 
 from __future__ import annotations

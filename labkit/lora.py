@@ -266,7 +266,7 @@ def read_adapter_config(path: Path) -> dict:
 def read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(adapter_config, adapter state dict)`` of a peft adapter folder (``adapter_config.json`` +
     ``adapter_model.safetensors``; the older ``adapter_model.bin`` is a pickle and is not read)."""
-    from labkit.zoo.store import read_safetensors
+    from labkit.tensor_files import read_safetensors
 
     folder = Path(folder)
     config = read_adapter_config(folder / ADAPTER_CONFIG)

@@ -18,7 +18,7 @@ and every file the kit writes goes through one writer, so a reader never sees ha
     write_json_atomic(path, value)  # the same for a JSON value (indented, newline-terminated)
 
 Errors are ``UnsafeInputError`` (a ``ValueError``) with one line saying what is wrong and what to do; every
-safetensors reader of the kit (``labkit.zoo.store.read_safetensors``, the Model-J header reader, ``labkit detune``)
+safetensors reader of the kit (``labkit.tensor_files.read_safetensors``, the Model-J header reader, ``labkit detune``)
 raises ``CorruptFileError`` (also a ``ValueError``) for a file that is truncated, changed or not safetensors.
 """
 

@@ -13,10 +13,10 @@ from labkit.datasets.lora_wise import open_lora_wise
 from labkit.datasets.lowra import open_lowra
 from labkit.datasets.model_j import open_model_j
 from labkit.lora import lora_factors
+from labkit.tensor_files import read_safetensors
 from labkit.text import minilm_path
 from labkit.zoo import export as E
 from labkit.zoo.recipes import digit_diffusion as dd
-from labkit.zoo.store import read_safetensors
 
 torch.set_num_threads(1)
 FIXTURE_LOWRA = "tests/fixtures/lowra/vit/train-00000-of-00001.parquet"

@@ -13,9 +13,10 @@ from labkit.kurtosis_runs import kurtosis_trajectory
 from labkit.methods import mother
 from labkit.plots import forest_figure, tree_comparison_figure, tree_layout
 from labkit.replicate.trees import load_folder
+from labkit.tensor_files import save_safetensors
 from labkit.tree_probe import multi_hot, within_vs_mixed
 from labkit.widgets import TreeExplorer
-from labkit.zoo.store import ZooStore, save_safetensors
+from labkit.zoo.store import ZooStore
 
 # --------------------------------------------------------------------------------------------- tiny trees
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from labkit.lora import _pattern_value, adapter_deltas, read_adapter, scaled_factors
-from labkit.zoo.store import save_safetensors
+from labkit.tensor_files import save_safetensors
 
 TARGETS = ["inp", "fc1", "fc2", "head_fc1"]  # peft: a list entry matches a name or a dotted suffix of it
 

@@ -12,7 +12,8 @@ import torch
 
 from labkit.models import make_mlp
 from labkit.safe_io import CorruptFileError
-from labkit.zoo.store import ZooError, ZooStore, read_safetensors, save_safetensors, sha256_file, zoo_key
+from labkit.tensor_files import read_safetensors, save_safetensors
+from labkit.zoo.store import ZooError, ZooStore, sha256_file, zoo_key
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_duplicate_and_bad_ids_are_refused(store):
 def test_safetensors_bytes_are_reproducible_across_processes(tmp_path):
     script = textwrap.dedent("""
         import sys, torch
-        from labkit.zoo.store import save_safetensors
+        from labkit.tensor_files import save_safetensors
         meta = {k: str(i) for i, k in enumerate("qwertyuiopasdfgh")}
         save_safetensors(sys.argv[1], {"b": torch.arange(6.).view(2, 3), "a": torch.ones(4)}, meta)
     """)

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import labkit.zoo
+from labkit.tensor_files import read_safetensors
 from labkit.text import BASE_MODEL_ID, load_minilm, mean_pool, sentence_embeddings, tokenize
 from labkit.zoo.recipes import minilm_lora as R
-from labkit.zoo.store import ZooStore, read_safetensors
+from labkit.zoo.store import ZooStore
 
 TEXTS = ["a handwritten 3", "the cat chased the dog.", "x",
          "A much longer sentence, with punctuation and many words, to check padding and mean pooling."]

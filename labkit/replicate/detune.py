@@ -170,7 +170,7 @@ class _ShardWriter:
             self._flush()
 
     def _flush(self) -> None:
-        from labkit.zoo.store import save_safetensors
+        from labkit.tensor_files import save_safetensors
 
         if not self.pending:
             return

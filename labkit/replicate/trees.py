@@ -7,7 +7,7 @@
   roots and trees as a JSON-able dict (what the command prints).
 
 The lab's own zoo forests are ``labkit.forests``; the algorithm is ``labkit.methods.mother``. Every file is read
-with safetensors (``labkit.zoo.store.read_safetensors``); nothing is unpickled.
+with safetensors (``labkit.tensor_files.read_safetensors``); nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 from labkit.forests import merged_state
 from labkit.lora import ADAPTER_CONFIG, merge_adapter, read_adapter
 from labkit.safe_io import printable
-from labkit.zoo.store import ZooStore, read_safetensors
+from labkit.tensor_files import read_safetensors
+from labkit.zoo.store import ZooStore
 
 __all__ = ["load_folder", "recover_folder"]
 

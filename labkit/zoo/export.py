@@ -41,7 +41,8 @@ import torch
 
 from labkit.lora import lora_factors
 from labkit.safe_io import write_atomic
-from labkit.zoo.store import ZooStore, read_safetensors, save_safetensors
+from labkit.tensor_files import read_safetensors, save_safetensors
+from labkit.zoo.store import ZooStore
 
 __all__ = ["FORMATS", "LOWRA_SUBSETS", "describe", "export", "export_lora_wise", "export_lowra", "export_model_j",
            "lowra_table", "write_readme_configs"]

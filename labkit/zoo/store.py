@@ -25,9 +25,7 @@ marked complete is served only if its manifest lists every promised model and ev
 its recorded size (``problems(full=False)``); the full sha256 check is ``labkit zoo verify`` and the loaders'.
 Nothing is ever read with pickle.
 
-safetensors writes its header from a hash map, so the same tensors and metadata can give different bytes in
-two processes; ``canonical_safetensors`` re-serialises the header with sorted keys (data untouched) so every
-file's sha256 is reproducible.
+Model files are written and read by ``labkit.tensor_files`` (reproducible bytes, one ``CorruptFileError``).
 """
 
 from __future__ import annotations
@@ -44,22 +42,12 @@ from pathlib import Path
 
 import torch
 
-from labkit.safe_io import (
-    CorruptFileError,
-    printable,
-    read_bytes,
-    read_json,
-    regular_file,
-    utf8_path,
-    write_atomic,
-)
+from labkit.safe_io import CorruptFileError, printable, read_bytes, read_json, write_atomic
+from labkit.tensor_files import canonical_safetensors, read_safetensors, save_safetensors, write_synced
 
 __all__ = [
     "ZooError",
     "ZooStore",
-    "canonical_safetensors",
-    "read_safetensors",
-    "save_safetensors",
     "settings_hash",
     "sha256_file",
     "zoo_key",
@@ -91,60 +79,6 @@ def sha256_file(path: Path) -> str:
     """The sha256 hex digest of the file at ``path`` (read in chunks by ``hashlib.file_digest``)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-# ------------------------------------------------------------------------------------------ safetensors I/O
-
-
-def canonical_safetensors(raw: bytes) -> bytes:
-    """The same safetensors file with its JSON header keys sorted (tensor data and offsets unchanged)."""
-    if len(raw) < 8:
-        raise CorruptFileError("not a safetensors file: shorter than its 8-byte header length")
-    n = int.from_bytes(raw[:8], "little")
-    if n > len(raw) - 8:
-        raise CorruptFileError("not a safetensors file: header length exceeds the file size (truncated?)")
-    header = json.loads(raw[8:8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
-
-
-def _metadata_strings(metadata: dict | None) -> dict[str, str]:
-    """safetensors metadata must be str → str; other values are stored as JSON."""
-    return {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()}
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Write tensors (made contiguous, on CPU) and metadata to ``path`` with a reproducible byte layout."""
-    from safetensors.torch import save
-
-    bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise TypeError(f"save_safetensors takes tensors only; {bad[:3]} are not tensors")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _write_bytes(Path(path), canonical_safetensors(save(tensors, metadata=_metadata_strings(metadata))))
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load tensors and metadata; a truncated or corrupt file gives one clear ``CorruptFileError``."""
-    from safetensors import SafetensorError, safe_open
-
-    name = utf8_path(regular_file(path, "model file"))  # before opening: a FIFO would block, a device never end
-    try:
-        with safe_open(name, framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CorruptFileError(f"{printable(path)} is corrupt or truncated ({printable(e)}); delete it and rebuild or "
-                               "re-download it") from None
-    return tensors, metadata
 
 
 # ------------------------------------------------------------------------------------------- the manifest
@@ -505,7 +439,7 @@ class ZooStore:
         full = {"id": model_id, **row, "kind": kind, "sha256": files[main_file], "files": files,
                 "sizes": {p.name: p.stat().st_size for p in paths}, "seq": len(self._rows)}
         line = _row_line(full)
-        _write_bytes(tmp / ROW_FILE, line.encode())  # the folder describes itself: repair can list it again
+        write_synced(tmp / ROW_FILE, line.encode())  # the folder describes itself: repair can list it again
         final = self.models_dir / model_id
         if final.exists():  # an unlisted folder the repair could not check: this build rewrites that model
             shutil.rmtree(final)
@@ -548,7 +482,7 @@ class ZooStore:
             config["target_modules"] = sorted(config["target_modules"])
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         weights = tmp / "adapter_model.safetensors"
-        _write_bytes(weights, canonical_safetensors(weights.read_bytes()))
+        write_synced(weights, canonical_safetensors(weights.read_bytes()))
         missing = [f for f in ADAPTER_FILES if not (tmp / f).is_file()]
         if missing:
             raise ZooError(f"peft did not write {missing} for {model_id!r}; is this a PeftModel?")

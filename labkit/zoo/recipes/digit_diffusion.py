@@ -39,7 +39,7 @@ from labkit.models.denoiser import LORA_TARGETS, Denoiser
 from labkit.safe_io import write_atomic
 from labkit.seeds import stable_seed
 from labkit.training import fit_stacked, lora_parameters
-from labkit.zoo import recorded_settings
+from labkit.zoo.settings import from_record
 
 __all__ = [
     "BASE_MODEL_NAME",
@@ -248,7 +248,7 @@ def _make_denoiser(s: DigitDiffusionSettings) -> Denoiser:
 
 def load_root(store) -> Denoiser:
     """The root denoiser (EMA weights) of a built ``digit-diffusion`` zoo, in eval mode on the CPU."""
-    model = _make_denoiser(recorded_settings(store))
+    model = _make_denoiser(from_record(DigitDiffusionSettings, store.info["settings"]))
     tensors, _ = store.load_model(ROOT_ID)
     model.load_state_dict(tensors)
     return model.eval()

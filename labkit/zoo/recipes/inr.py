@@ -19,7 +19,7 @@ from labkit.data import load_digits_split
 from labkit.models import make_siren, pixel_coordinates
 from labkit.seeds import stable_seed
 from labkit.training import fit_full_batch, init_states, stack_states, unstack_state
-from labkit.zoo import recorded_settings
+from labkit.zoo.settings import from_record
 from labkit.zoo.store import ZooStore
 
 __all__ = ["InrSettings", "build", "image_ids", "load_model", "settings"]
@@ -68,7 +68,7 @@ def image_ids(cfg: InrSettings, labels_train: torch.Tensor, labels_test: torch.T
 
 def load_model(store: ZooStore, model_id: str) -> torch.nn.Module:
     """The stored SIREN as an ``nn.Module`` (``model(pixel_coordinates())`` → ``[64, 1]``)."""
-    cfg = recorded_settings(store)
+    cfg = from_record(InrSettings, store.info["settings"])
     model = make_siren(cfg.hidden, cfg.w0)
     model.load_state_dict(store.load_model(model_id)[0])
     return model.eval()

@@ -437,7 +437,7 @@ class _AdapterWithHead:
     def save_pretrained(self, folder: str) -> None:
         from pathlib import Path
 
-        from labkit.zoo.store import save_safetensors
+        from labkit.tensor_files import save_safetensors
 
         self.peft_model.save_pretrained(folder)
         save_safetensors(Path(folder) / HEAD_FILE, {"weight": self.head[0], "bias": self.head[1]}, self.metadata)
@@ -448,7 +448,7 @@ def load_head(folder) -> tuple[nn.Linear, list[str]]:
     import json
     from pathlib import Path
 
-    from labkit.zoo.store import read_safetensors
+    from labkit.tensor_files import read_safetensors
 
     tensors, metadata = read_safetensors(Path(folder) / HEAD_FILE)
     head = nn.Linear(EMBED_DIM, tensors["weight"].shape[0])
