@@ -162,14 +162,13 @@ def _cmd_zoo_repair(args) -> int:
 
 
 def _cmd_student(args) -> int:
-    from labkit.exercise_bank import hints
     from labkit.nbtools import write_copies
     from labkit.runner import default_notebooks
 
     notebooks = default_notebooks()
     if not notebooks:
         raise FileNotFoundError("no notebooks found (looked for notebooks/*.ipynb)")
-    written = write_copies(notebooks, Path(args.out), hints())
+    written = write_copies(notebooks, Path(args.out))
     print(f"wrote {len(written) // 2} student and {len(written) // 2} instructor notebooks")
     print(Path(args.out).resolve())
     return 0

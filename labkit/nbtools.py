@@ -1,20 +1,27 @@
 """Small, pure predicates and transforms over notebooks (DESIGN §6): parameters cells, exercise blocks,
 student and instructor copies.
 
-An exercise in a source notebook is one code cell::
+An exercise in a source notebook is one code cell in which the learner's part is marked (nbgrader's solution
+regions), optionally followed by the scaffold the student copy shows in its place::
 
-    def energy_fraction(W, k):
+    def majority_vote(votes):
         \"\"\"...\"\"\"
-        ### BEGIN SOLUTION
-        s = torch.linalg.svdvals(W)
-        ...
-        ### END SOLUTION
+        winners = []
+        for row in votes.tolist():
+            ### BEGIN SOLUTION
+            winners.append(collections.Counter(row).most_common(1)[0][0])
+            ### END SOLUTION
+            ### BEGIN SCAFFOLD
+            # winners.append(...)  # the most common value of row; on a tie, the first seen
+            ### END SCAFFOLD
+        return torch.tensor(winners)
 
-    energy_fraction = labkit.exercises.check("00.energy", energy_fraction)
+    majority_vote = labkit.exercises.check("04.majority_vote", majority_vote)
 
-The student copy replaces every block between the markers with
-``raise NotImplementedError("Exercise 00.energy: <hint>")`` at the block's indentation; the instructor copy is
-the source as it is. The exercise id is read from the ``check("...")`` call in the same cell.
+The student copy replaces each solution region by ``raise NotImplementedError(...)`` at its indentation, followed
+by the scaffold's lines uncommented (the skeleton with ``...`` where the learner writes); the instructor copy keeps
+the solution and drops the scaffold. Both come from this one source. The exercise id is read from the
+``check("...")`` call in the same cell.
 """
 
 from __future__ import annotations
@@ -30,15 +37,19 @@ __all__ = [
     "exercise_ids",
     "has_outputs",
     "has_solution",
+    "instructor_copy",
+    "instructor_source",
     "parameter_values",
     "parameters_cell",
     "read_notebook",
+    "solution_lines",
     "student_copy",
     "student_source",
     "write_copies",
 ]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_SCAFFOLD, END_SCAFFOLD = "### BEGIN SCAFFOLD", "### END SCAFFOLD"
 _CHECK = re.compile(r"""exercises\.check\(\s*["']([\w.\-]+)["']""")
 
 
@@ -105,52 +116,95 @@ def _exercise_id(cell, index: int) -> str:
     return ids[0]
 
 
-def student_source(source: str, exercise_id: str, hint: str = "") -> str:
-    """Replace each ``### BEGIN SOLUTION`` … ``### END SOLUTION`` block by a NotImplementedError stub."""
-    out, inside, indent = [], False, ""
-    message = f"Exercise {exercise_id}: " + (hint or "replace this line with your solution")
+def _regions(source: str, exercise_id: str):
+    """Each line of ``source`` tagged 'code', 'solution' or 'scaffold' (marker lines dropped); errors name the line."""
+    region = "code"
     for lineno, line in enumerate(source.splitlines(), 1):
         stripped = line.strip()
-        if stripped == BEGIN:
-            if inside:
-                raise NotebookError(f"exercise {exercise_id}: nested {BEGIN!r} at line {lineno}")
-            inside, indent = True, line[: len(line) - len(line.lstrip())]
-            out.append(f"{indent}# YOUR CODE HERE")
+        opening = {BEGIN: "solution", BEGIN_SCAFFOLD: "scaffold"}.get(stripped)
+        closing = {END: "solution", END_SCAFFOLD: "scaffold"}.get(stripped)
+        if opening:
+            if region != "code":
+                raise NotebookError(f"exercise {exercise_id}: {stripped!r} inside a {region} region at line {lineno}")
+            region = opening
+            yield "open-" + opening, line
+        elif closing:
+            if region != closing:
+                raise NotebookError(f"exercise {exercise_id}: {stripped!r} without its BEGIN at line {lineno}")
+            region = "code"
+        else:
+            yield region, line
+    if region != "code":
+        raise NotebookError(f"exercise {exercise_id}: a {region} region is never closed")
+
+
+def _uncomment(line: str) -> str:
+    """A scaffold line ``    # x = ...`` as code ``    x = ...`` (a line without ``#`` stays as it is)."""
+    body = line.lstrip()
+    indent = line[: len(line) - len(body)]
+    if body.startswith("# "):
+        return indent + body[2:]
+    return indent + body[1:] if body.startswith("#") else line
+
+
+def student_source(source: str, exercise_id: str) -> str:
+    """The student's version of an exercise cell: each solution region becomes a ``NotImplementedError`` stub and
+    the scaffold regions become code (the skeleton with ``...`` to fill in)."""
+    out = []
+    for kind, line in _regions(source, exercise_id):
+        if kind == "open-solution":
+            indent = line[: len(line) - len(line.lstrip())]
+            message = (f"Exercise {exercise_id}: write your code here (fill in the ... below), then delete this "
+                       f'line; labkit.exercises.hint("{exercise_id}") prints a hint')
             out.append(f"{indent}raise NotImplementedError({message!r})")
-        elif stripped == END:
-            if not inside:
-                raise NotebookError(f"exercise {exercise_id}: {END!r} without {BEGIN!r} at line {lineno}")
-            inside = False
-        elif not inside:
+        elif kind == "scaffold":
+            out.append(_uncomment(line))
+        elif kind == "code":
             out.append(line)
-    if inside:
-        raise NotebookError(f"exercise {exercise_id}: {BEGIN!r} is never closed by {END!r}")
     return "\n".join(out)
 
 
-def student_copy(nb, hints: dict[str, str] | None = None):
-    """A copy of ``nb`` with every solution replaced by a stub (outputs cleared)."""
-    hints = hints or {}
+def instructor_source(source: str, exercise_id: str) -> str:
+    """The instructor's version of an exercise cell: the solution kept, the scaffold regions dropped."""
+    return "\n".join(line for kind, line in _regions(source, exercise_id) if kind in ("code", "solution"))
+
+
+def solution_lines(source: str, exercise_id: str) -> list[str]:
+    """The code lines (stripped, not blank, not comments) of an exercise cell's solution regions."""
+    return [line.strip() for kind, line in _regions(source, exercise_id)
+            if kind == "solution" and line.strip() and not line.strip().startswith("#")]
+
+
+def _copy(nb, transform):
     nb = nbformat.from_dict(nb)  # deep copy
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
             if has_solution(cell):
-                ex = _exercise_id(cell, i)
-                cell.source = student_source(cell.source, ex, hints.get(ex, ""))
+                cell.source = transform(cell.source, _exercise_id(cell, i))
     return nb
+
+
+def student_copy(nb):
+    """A copy of ``nb`` with every solution replaced by its stub and scaffold (outputs cleared)."""
+    return _copy(nb, student_source)
+
+
+def instructor_copy(nb):
+    """A copy of ``nb`` with every solution and no scaffold (outputs cleared)."""
+    return _copy(nb, instructor_source)
 
 
 def has_outputs(nb) -> bool:
     return any(c.cell_type == "code" and (c.get("outputs") or c.get("execution_count")) for c in nb.cells)
 
 
-def write_copies(notebooks: list[Path], out: Path, hints: dict[str, str] | None = None) -> list[Path]:
+def write_copies(notebooks: list[Path], out: Path) -> list[Path]:
     """Write ``out/student/<name>`` and ``out/instructor/<name>`` for every notebook; return written paths."""
     written = []
     for path in notebooks:
         nb = read_notebook(path)
-        for variant, copy in (("student", student_copy(nb, hints)), ("instructor", nb)):
+        for variant, copy in (("student", student_copy(nb)), ("instructor", instructor_copy(nb))):
             target = Path(out) / variant / Path(path).name
             target.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(copy, target)

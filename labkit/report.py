@@ -57,6 +57,7 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     metrics: dict[str, dict] = field(default_factory=dict)
     exercises: dict[str, str] = field(default_factory=dict)
+    exercise_details: dict[str, str] = field(default_factory=dict)  # id → the failing case and diagnosis
 
     def as_json(self) -> dict:
         return {
@@ -67,6 +68,7 @@ class _Run:
             "seconds": round(time.perf_counter() - self.started, 2),
             "metrics": self.metrics,
             "exercises": self.exercises,
+            "exercise_details": self.exercise_details,
         }
 
 
@@ -113,9 +115,14 @@ def record(key: str, value, paper: float | None = None, higher_is_better: bool |
     return value
 
 
-def record_exercise(exercise_id: str, status: str) -> None:
-    """Remember how an exercise went: 'passed', 'failed' or 'not attempted' (written by ``exercises.check``)."""
+def record_exercise(exercise_id: str, status: str, detail: str = "") -> None:
+    """Remember how an exercise went: 'passed', 'failed' or 'not attempted', and for a failure which case failed
+    and why (written by ``exercises.check``; ``labkit grade`` reads both)."""
     _RUN.exercises[exercise_id] = status
+    if detail:
+        _RUN.exercise_details[exercise_id] = detail
+    else:
+        _RUN.exercise_details.pop(exercise_id, None)
     _flush()
 
 
@@ -170,6 +177,7 @@ def _check_run(data, path: Path) -> dict:
         raise ReportError(f"{where}: {printable(problem)}; {fix}")
     for key, ok in (("notebook", isinstance(data.get("notebook", ""), str)),
                     ("exercises", isinstance(data.get("exercises", {}), dict)),
+                    ("exercise_details", isinstance(data.get("exercise_details", {}), dict)),
                     ("seconds", data.get("seconds") is None or _is_number(data.get("seconds")))):
         if not ok:
             raise ReportError(f"{where}: '{key}' is {printable(repr(data[key]))[:60]}, not what labkit writes; {fix}")

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from labkit.exercise_bank import hints
 from labkit.nbtools import exercise_ids, has_outputs, parameter_values, read_notebook, student_copy
 from labkit.runner import default_notebooks, run_notebook
 
@@ -49,7 +48,7 @@ def test_student_copy_runs_to_the_end_through_the_reference_fallbacks(path, tmp_
 
     nb = read_notebook(path)
     student = tmp_path / path.name
-    nbformat.write(student_copy(nb, hints()), student)
+    nbformat.write(student_copy(nb), student)
     metrics = tmp_path / "metrics.json"
     env = {**os.environ, "LABKIT_PROFILE": "smoke", "LABKIT_METRICS": str(metrics)}
     res = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-q",
