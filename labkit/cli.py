@@ -27,6 +27,9 @@
                                                             CIFAR10-GS; test accuracy / Kendall's tau as JSON
     labkit inspect PATH [--all] [--json]                    what a model file or folder holds: format, tensors,
                                                             shapes, dtypes, metadata, LoRA ranks (safe loaders only)
+    labkit grade SUBMISSIONS_DIR [--profile smoke] [--out grades.csv] [--timeout 600]
+                                                            run every submitted notebook (student code!) and write
+                                                            one pass/fail row per student × exercise (CSV + markdown)
 
 Errors are one line on stderr and a non-zero exit: 2 for a problem with the input or the arguments (the line
 says what to fix), 1 when ``labkit run`` had notebooks fail, 3 for an internal error (a bug in labkit).
@@ -204,6 +207,20 @@ def _cmd_inspect(args) -> int:
     info = inspect_path(args.path)
     print(json.dumps(info, indent=1, default=str) if args.json else format_report(info, None if args.all else 40))
     return 1 if info["problems"] else 0
+
+
+def _cmd_grade(args) -> int:
+    from labkit.grading import grade, grade_paths, write_grades
+    from labkit.session import resolve_profile
+
+    grade_paths(args.out)  # a bad --out fails before any notebook runs
+    profile = resolve_profile(args.profile or "smoke")
+    rows = grade(Path(args.submissions), profile, args.timeout,
+                 progress=lambda line: print(f"labkit grade: {line}", file=sys.stderr, flush=True))
+    csv_path, md_path, markdown = write_grades(rows, args.out, profile)
+    print(markdown, end="")
+    print(f"labkit grade: wrote {printable(csv_path)} and {printable(md_path)}", file=sys.stderr)
+    return 0
 
 
 def _non_finite(value, where: str = "") -> tuple[str, float] | None:
@@ -472,6 +489,29 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--all", action="store_true", help="list every tensor (default: the first 40)")
     ins.add_argument("--json", action="store_true", help="print the description as JSON")
     ins.set_defaults(func=_cmd_inspect)
+
+    gr = sub.add_parser(
+        "grade", help="run every submitted notebook of a folder and write one row per student × exercise "
+                      "(pass / fail / not attempted / not run / error) as CSV and markdown",
+        description="Grade submitted notebooks. WARNING: this EXECUTES THE SUBMISSIONS' CODE, arbitrary code, as "
+                    "you, with your files and network; grade only where running students' code is acceptable (a "
+                    "container or a throwaway account). Each *.ipynb under SUBMISSIONS_DIR (searched recursively; "
+                    "hidden folders and .ipynb_checkpoints skipped) runs with papermill in its own temporary folder; "
+                    "the submitted files are never written to. The student is the folder directly under "
+                    "SUBMISSIONS_DIR (alice/00_start_here.ipynb -> alice), or the file name for a notebook directly "
+                    "in it (bob.ipynb -> bob). Rows list every exercise of the notebook's lab (from its file name, "
+                    "else its labkit.setup(lab=...), else the exercises it checks). A notebook that raises, crashes "
+                    "its kernel or runs past --timeout becomes 'error' rows and grading goes on; the exit status "
+                    "is 0 once every notebook has its rows, 2 for bad input.")
+    gr.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="folder of submitted notebooks")
+    _add_profile(gr, "profile the notebooks run in (default: $LABKIT_PROFILE or smoke; exercise checks are the "
+                     "same in every profile)")
+    gr.add_argument("--out", default="grades.csv", help="CSV file to write (default: grades.csv here); the "
+                                                        "markdown table goes next to it as .md")
+    gr.add_argument("--timeout", type=_positive_seconds, default=600.0,
+                    help="seconds one notebook may run, kernel start included (default 600); past it the run is "
+                         "stopped and its exercises are graded 'error'")
+    gr.set_defaults(func=_cmd_grade)
     return p
 
 

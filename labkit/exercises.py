@@ -75,10 +75,14 @@ def _as_comparable(got, expected):
 
 
 def _describe(x) -> str:
+    """One line for a value: a tensor by shape, dtype and first values; a tuple or list of tensors item by item."""
     if isinstance(x, torch.Tensor):
         body = x.detach().flatten()[:6].tolist()
         return f"tensor of shape {list(x.shape)} ({x.dtype}), first values {[round(v, 5) for v in body]}"
-    return repr(x)
+    if isinstance(x, tuple | list) and any(isinstance(v, torch.Tensor) for v in x):
+        return "(" + "; ".join(f"[{i}] {_describe(v)}" for i, v in enumerate(x)) + ")"
+    text = repr(x)
+    return text if len(text) <= 300 else text[:300] + " ..."
 
 
 def _differs(got, expected, ex: Exercise) -> str | None:

@@ -43,6 +43,34 @@ def _lab03_features_cases():
     ]
 
 
+def _lab03_build_cases():
+    g = torch.Generator().manual_seed(6)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    def generator(*dims):  # weights [d_{i+1}, d_i] scaled as PyTorch's default init
+        return ([randn(dims[i + 1], dims[i], scale=dims[i] ** -0.5) for i in range(len(dims) - 1)],
+                [randn(d, scale=0.1) for d in dims[1:]])
+
+    def sirens(B, *widths):  # stacked {"seq.i.weight": [B, d_out, d_in], "seq.i.bias": [B, d_out]}, 2 -> ... -> 1
+        dims = (2, *widths, 1)
+        out = {}
+        for i in range(len(dims) - 1):
+            out[f"seq.{i}.weight"] = randn(B, dims[i + 1], dims[i], scale=(0.5 if i == 0 else 2.0 / dims[i]))
+            out[f"seq.{i}.bias"] = randn(B, dims[i + 1], scale=0.1)
+        return out
+
+    return [
+        ("the paper's ProbeGen: 128 latents, 32 -> 32 -> 2, on 4 SIRENs", (randn(128, 32), *generator(32, 32, 2),
+                                                                            sirens(4, 32, 32), 30.0)),
+        ("no generator layers: vanilla probes", (randn(16, 2), [], [], sirens(3, 32, 32), 30.0)),
+        ("one SIREN, one probe, a one-layer generator", (randn(1, 8), *generator(8, 2), sirens(1, 32, 32), 30.0)),
+        ("a deeper SIREN (four layers, 16 wide)", (randn(10, 32), *generator(32, 32, 2), sirens(5, 16, 16, 16), 30.0)),
+        ("w0 = 1 and a three-layer generator", (randn(12, 4), *generator(4, 6, 5, 2), sirens(2, 8, 8), 1.0)),
+    ]
+
+
 def _lab03_tau_cases():
     g = torch.Generator().manual_seed(5)
     x = torch.rand(30, generator=g, dtype=torch.float64)
@@ -73,6 +101,43 @@ def _tau_a(pred, true):
     return (torch.sign(pred[i] - pred[j]) * torch.sign(true[i] - true[j])).sum() / len(i)
 
 
+def probe_responses(Z, gen_weights, gen_biases, sirens, w0=30.0):
+    """ProbeGen's forward up to the head for the INR task (exercise 03.probe_responses): the probes
+    ``P = deep_linear(Z, ...)`` ``[T, 2]`` through every SIREN of a stacked batch ``{"seq.i.weight": [B, d_out, d_in],
+    "seq.i.bias": [B, d_out]}`` (any number of layers; sine with frequency ``w0`` after all but the last, +0.5 on the
+    output) -> responses ``[B, T]``. For the zoo's 3-layer SIRENs this is ``pg.siren_probe_responses`` on the probes."""
+    h = probegen.deep_linear(Z, gen_weights, gen_biases)
+    n_layers = len(sirens) // 2
+    if n_layers == 3:
+        stacked = [sirens[f"seq.{i}.{kind}"] for i in range(3) for kind in ("weight", "bias")]
+        return probegen.siren_probe_responses(*stacked, h, w0=w0)
+    for i in range(n_layers):
+        h = h @ sirens[f"seq.{i}.weight"].transpose(1, 2) + sirens[f"seq.{i}.bias"][:, None]
+        h = torch.sin(w0 * h) if i < n_layers - 1 else h
+    return h.squeeze(-1) + 0.5
+
+
+def _siren_stack(h, sirens, w0, sine_last=False, offset=0.5):
+    n_layers = len(sirens) // 2
+    for i in range(n_layers):
+        h = h @ sirens[f"seq.{i}.weight"].transpose(1, 2) + sirens[f"seq.{i}.bias"][:, None]
+        if i < n_layers - 1 or sine_last:
+            h = torch.sin(w0 * h)
+    return h.squeeze(-1) + offset
+
+
+def _sine_on_output(Z, gen_weights, gen_biases, sirens, w0=30.0):
+    return _siren_stack(probegen.deep_linear(Z, gen_weights, gen_biases), sirens, w0, sine_last=True)
+
+
+def _no_offset(Z, gen_weights, gen_biases, sirens, w0=30.0):
+    return _siren_stack(probegen.deep_linear(Z, gen_weights, gen_biases), sirens, w0, offset=0.0)
+
+
+def _relu_generator(Z, gen_weights, gen_biases, sirens, w0=30.0):
+    return _siren_stack(_relu_between(Z, gen_weights, gen_biases), sirens, w0)
+
+
 register("03.deep_linear", probegen.deep_linear, _lab03_deep_linear_cases, title="The deep linear generator",
          difficulty=1, importance=4, minutes=5,
          hints=("ProbeGen's generator is a stack of linear layers with no activation in between.",
@@ -88,6 +153,23 @@ register("03.probe_features", probegen.siren_probe_responses, _lab03_features_ca
                 "h @ W.transpose(1, 2) keeps the batch dimension; b[:, None] broadcasts a bias over the T probes; "
                 "the sine takes the frequency w0 times the pre-activation, and the zoo's output adds 0.5."),
          mistakes=(("left out the frequency w0 inside the sines", _without_w0),), rtol=1e-4, atol=1e-5)
+register("03.probe_responses", probe_responses, _lab03_build_cases,
+         title="ProbeGen's forward: generated probes through a batch of SIRENs", difficulty=3, importance=5,
+         minutes=20,
+         hints=("Two stages. First the generator turns the latents into the probes (your deep_linear does it). Then "
+                "every SIREN of the batch answers on those same probes: each layer is a batched affine map, a sine "
+                "with frequency w0 follows every layer but the last, and the zoo adds 0.5 to the output.",
+                "Shapes: Z is [T, z_dim] and the probes are [T, 2]. Layer i of the batch is a weight [B, d_out, d_in] "
+                "and a bias [B, d_out]; the hidden state becomes [B, T, d_out] after the first layer and ends as "
+                "[B, T, 1], returned as [B, T]. The number of layers is half the number of entries of the dict.",
+                "A [T, d_in] tensor times W.transpose(1, 2) broadcasts over the batch and gives [B, T, d_out]; "
+                "index the bias with [:, None] so it broadcasts over the T probes; squeeze(-1) drops the last "
+                "size-1 dimension."),
+         mistakes=(("applied the sine to the output layer too; a SIREN's last layer is linear", _sine_on_output),
+                   ("left out the +0.5 that the zoo's SIRENs add to their output", _no_offset),
+                   ("put a ReLU between the generator's layers; ProbeGen's generator is deep but linear",
+                    _relu_generator)),
+         rtol=1e-6, atol=1e-8)
 register("03.kendall_tau", probegen.kendall_tau, _lab03_tau_cases, title="Kendall's tau-b", difficulty=3,
          importance=3, minutes=10,
          hints=("Kendall's tau compares the order of every pair: +1 when prediction and truth order it the same way, "
