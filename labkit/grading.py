@@ -182,7 +182,7 @@ class _Deadline:
     then reports a dead kernel, which ``killed`` lets the caller describe as a timeout."""
 
     def __init__(self, seconds: float) -> None:
-        import psutil  # installed with ipykernel, which the kit's notebook stack requires
+        import psutil
 
         self.seconds = seconds
         self.killed = False  # whether the deadline passed and stopped a process of the run
