@@ -21,6 +21,13 @@ def test_the_course_has_its_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebooks_open_on_the_kits_kernel(path):
+    """JupyterLab starts the kernel `make` installs ("Python (labkit)", the kit's interpreter), not any python3."""
+    spec = read_notebook(path).metadata.get("kernelspec", {})
+    assert (spec.get("name"), spec.get("display_name")) == ("labkit", "Python (labkit)"), f"{path.name}: {spec}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_committed_without_outputs_and_with_a_literal_parameters_cell(path):
     nb = read_notebook(path)
     assert not has_outputs(nb), f"{path.name} has outputs; clear them before committing"

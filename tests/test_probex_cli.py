@@ -48,8 +48,10 @@ def test_supvit_fixture_runs_with_baselines(capsys, tmp_path):
         assert learner["test_accuracy"] * 2 == round(learner["test_accuracy"] * 2)  # k of 200 decisions, in %
     assert r["probex"]["n_params"] == px.probex_param_count(8, 8, 100)
     assert r["baselines"]["dense_expert"]["n_params"] == px.dense_expert_param_count(8, 8, 100)
-    assert r["paper"]["probex"] == PAPER["SupViT"]["probex"] == 88.08 and r["paper"]["same_layer"] is False
-    assert "ProbeX test accuracy" in err and "paper 88.08 %" in err
+    assert r["paper"]["probex"] == PAPER["SupViT"]["probex"] == 88.5 and r["paper"]["same_layer"] is False
+    assert r["paper"]["statnn"] is None  # unverified: never printed as the paper's
+    assert r["rerun"]["probex"] == 88.08 and r["rerun"]["layer"] == 59 and "not the paper" in r["rerun"]["source"]
+    assert "ProbeX test accuracy" in err and "paper 88.50 %" in err
 
 
 def test_layer_by_name_and_json_on_stdout(capsys):

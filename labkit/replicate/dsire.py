@@ -10,7 +10,7 @@ Salama, Kahana, Horwitz & Hoshen, *Dataset Size Recovery from LoRA Weights*, arX
   keys (``….attn1.to_out.0`` → ``….attn1.to_out``) and merged in the official order (``official_order``).
 * ``dsire_lora_wise(root, config, …)`` runs the paper's protocol on them (``dsire.cross_validate``: seed-42 splits
   of the personalisation sets, 15 train sets, 10 repeats) for DSiRe and the Frobenius-NN baseline and returns a
-  JSON-ready dict with the paper's numbers for the config (``PAPER``, spec §5) and timings (``seconds["evaluate"]``:
+  JSON-ready dict with the paper's numbers for the config (``PAPER``, from ``labkit.paper_numbers``) and timings (``seconds["evaluate"]``:
   the two cross-validations).
 
 Set order (spec §2): split index ``i`` is the ``i``-th set name. The medium and high configs name their sets 1..50,
@@ -30,26 +30,25 @@ from pathlib import Path
 
 import torch
 
+from labkit import paper_numbers
 from labkit.methods import dsire
 from labkit.safe_io import printable, read_bytes
 
 __all__ = ["PAPER", "LoraWiseFeatures", "dsire_lora_wise", "read_lora_wise", "read_set_order", "voter_key"]
 
-_T2 = "Table 2 (SD 1.5, rank 32)"
-# spec §5: {config: (source, DSiRe, Frobenius-NN or None)}, each metric as (mean, std); accuracy and MAPE in %
-PAPER = {
-    "low_8": ("Table 4 (rank 8)", {"mae": (0.43, 0.04), "mape": (14.8, 2.3), "accuracy": (66.0, 3.08)}, None),
-    "low_16": ("Table 4 (rank 16)", {"mae": (0.42, 0.03), "mape": (12.4, 1.11), "accuracy": (67.7, 2.3)}, None),
-    "low_32": (_T2, {"mae": (0.36, 0.04), "mape": (11.36, 1.55), "accuracy": (69.30, 3.83)},
-               {"mae": (0.43, 0.04), "mape": (15.14, 2.12), "accuracy": (65.29, 2.42)}),
-    "medium_16": ("Table 4 (rank 16)", {"mae": (1.67, 0.17), "mape": (4.32, 0.46), "accuracy": (84.04, 1.85)}, None),
-    "medium_32": (_T2, {"mae": (1.48, 0.21), "mape": (3.97, 0.73), "accuracy": (86.10, 1.99)},
-                  {"mae": (1.56, 0.19), "mape": (4.16, 0.75), "accuracy": (85.33, 1.81)}),
-    "medium_32_2": ("Table 3 (SD 2, rank 32)", {"mae": (2.51, 0.22), "mape": (7.46, 0.95), "accuracy": (77.43, 1.70)},
-                    {"mae": (2.95, 0.28), "mape": (11.99, 3.93), "accuracy": (73.90, 2.21)}),
-    "high_32": (_T2, {"mae": (41.77, 6.61), "mape": (5.96, 1.46), "accuracy": (91.90, 1.28)},
-                {"mae": (68.62, 5.53), "mape": (9.25, 1.21), "accuracy": (86.51, 1.12)}),
-}
+# {config: (source, DSiRe, Frobenius-NN or None)}, each metric as (mean, std) from labkit.paper_numbers: the paper's
+# value where it was verified, else None (the spec's unverified transcription stays in paper_numbers as `claimed`)
+
+
+def _verified(config: str, method: str, row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    nums = {m: paper_numbers.NUMBERS[f"dsire.{config}.{method}.{m}"] for m in row}
+    return {m: (paper_numbers.paper(f"dsire.{config}.{method}.{m}"), n.std) for m, n in nums.items()}
+
+
+PAPER = {config: (table, _verified(config, "dsire", ours), _verified(config, "frobenius_nn", frob))
+         for config, (table, ours, frob) in paper_numbers.DSIRE_TABLES.items()}
 LOW_SET_ORDER_NOTE = ("low-range set names are Concept101 folder names; the splits index them in sorted order (the "
                       "official code indexes a hard-coded list not given in the spec), so they are not the paper's "
                       "exact splits; pass --set-order with the official list to use it")
@@ -61,15 +60,23 @@ def voter_key(module: str) -> str:
 
 
 def paper_row(config: str) -> dict | None:
-    """The paper's numbers for ``config`` (spec §5): ``{"source", "dsire": {metric: {mean, std}}, "frobenius_nn"}``."""
+    """The paper's numbers for ``config``: ``{"source", "dsire": {metric: {mean, std, status}}, "frobenius_nn"}``;
+    ``mean`` / ``std`` are None where nobody verified them (``status`` "unverified", ``claimed``: the spec's value)."""
     if config not in PAPER:
         return None
     source, ours, frob = PAPER[config]
 
-    def fmt(row):
-        return None if row is None else {m: {"mean": v[0], "std": v[1]} for m, v in row.items()}
+    def fmt(method, row):
+        if row is None:
+            return None
+        out = {}
+        for m, v in row.items():
+            n = paper_numbers.NUMBERS[f"dsire.{config}.{method}.{m}"]
+            out[m] = {"mean": v[0], "std": v[1], "status": n.status,
+                      **({"claimed": n.claimed, "claimed_std": n.claimed_std} if n.status == "unverified" else {})}
+        return out
 
-    return {"source": source, "dsire": fmt(ours), "frobenius_nn": fmt(frob)}
+    return {"source": source, "dsire": fmt("dsire", ours), "frobenius_nn": fmt("frobenius_nn", frob)}
 
 
 @dataclass

@@ -9,8 +9,8 @@ names), trains ProbeX on ``train`` with the official discriminative defaults (r_
 official sbatch script, BCE-with-logits, Adam 1e-3 with weight decay 1e-5, batch 128, 500 epochs, validation every
 25 epochs from epoch 0, the strictly best ``val`` checkpoint) and reports the mean per-label binary accuracy of
 that checkpoint on ``test``. With ``baselines=True`` the dense linear expert and StatNN are trained the same way.
-Without a ``val`` split the model after the last epoch is scored. The paper's row for the subset (spec §5) comes
-with the result. Training runs on ``device`` (default: CUDA when available) through ``train_learner``, which on the
+Without a ``val`` split the model after the last epoch is scored. The paper's row for the subset (``labkit.paper_numbers``)
+comes with the result, and MVProbe's rerun of ProbeX separately (``rerun``: not the paper's numbers). Training runs on ``device`` (default: CUDA when available) through ``train_learner``, which on the
 CPU is exactly ``px.train_probex`` / ``train_dense_expert`` / ``train_statnn`` (tests/test_probex_cli.py).
 
 Model-J subsets exported from the mini-jungle (``labkit export digit-trees --format model-j``) use the digit
@@ -26,25 +26,31 @@ from pathlib import Path
 
 import torch
 
+from labkit import paper_numbers
 from labkit.data import CLASS_NAMES
 from labkit.datasets.model_j import DISCRIMINATIVE, GENERATIVE
 from labkit.methods import probex as px
 from labkit.replicate import command_device
 
-__all__ = ["BEST_LAYER", "LEARNERS", "PAPER", "label_classes", "probex_model_j", "resolve_layer", "train_learner"]
+__all__ = ["BEST_LAYER", "LEARNERS", "PAPER", "RERUN", "label_classes", "probex_model_j", "resolve_layer", "train_learner"]
 
 # best layer per subset in the official README (spec §2 "Which layer"); the command's default --layer
 BEST_LAYER = {"SupViT": 59, "DINO": 59, "MAE": 64, "ResNet": 59}
-# spec §5 (MVProbe README): ProbeX rerun with seeds 1–5 under MVProbe's protocol (lr 3e-4, 3000 epochs) at
-# MVProbe's layer per subset; the StatNN / ProbeGen rows are probably the ProbeX paper's (unverified); accuracy %
-PAPER = {
-    "SupViT": {"layer": 59, "probex": 88.08, "probex_std": 0.39, "statnn": 55.80, "probegen": 78.48},
-    "ResNet": {"layer": 67, "probex": 81.61, "probex_std": 1.29, "statnn": 55.20, "probegen": 78.27},
-    "MAE": {"layer": 64, "probex": 77.11, "probex_std": 0.14, "statnn": 54.83, "probegen": 70.68},
-    "DINO": {"layer": 47, "probex": 72.54, "probex_std": 0.18, "statnn": 55.69, "probegen": 61.26},
-}
-PAPER_SOURCE = ("MVProbe README: ProbeX rerun (seeds 1–5, lr 3e-4, 3000 epochs) at the layer given; StatNN and "
-                "ProbeGen rows probably from the ProbeX paper (unverified); spec probex.md §5")
+# the ProbeX paper's accuracy % per subset (labkit.paper_numbers; secondary transcription), at the README's best
+# layer; the paper's StatNN / ProbeGen rows are unverified (None)
+PAPER = {s: {"layer": BEST_LAYER[s], "probex": paper_numbers.paper(f"probex.{s}.probex"),
+             "statnn": paper_numbers.paper(f"probex.{s}.statnn"),
+             "probegen": paper_numbers.paper(f"probex.{s}.probegen")} for s in ("SupViT", "ResNet", "MAE", "DINO")}
+PAPER_SOURCE = (f"{paper_numbers.NUMBERS['probex.SupViT.probex'].source}; layer: the official README's best layer; "
+                "StatNN / ProbeGen rows unverified")
+# MVProbe's rerun of ProbeX (seeds 1-5, lr 3e-4, 3000 epochs) at MVProbe's layer per subset: not the paper
+RERUN = {s: {"layer": int(paper_numbers.rerun(f"probex.{s}.rerun_layer")),
+             "probex": paper_numbers.rerun(f"probex.{s}.probex.rerun"),
+             "probex_std": paper_numbers.NUMBERS[f"probex.{s}.probex.rerun"].std,
+             "statnn": paper_numbers.NUMBERS[f"probex.{s}.statnn"].claimed,
+             "probegen": paper_numbers.NUMBERS[f"probex.{s}.probegen"].claimed} for s in PAPER}
+RERUN_SOURCE = ("MVProbe README: ProbeX rerun (seeds 1-5, lr 3e-4, 3000 epochs) at the layer given, not the paper; "
+                "StatNN / ProbeGen: MVProbe's table")
 
 
 
@@ -157,7 +163,8 @@ def probex_model_j(
     default: the official README's best layer for the four discriminative subsets. Returns a dict: settings,
     ``n_models`` per split, ``probex`` (test / best-val accuracy in %, best epoch, parameters, seconds),
     ``baselines`` (or None), ``majority_baseline`` (each label's majority value on train, scored on test),
-    ``paper`` (spec §5, or None) and ``seconds``.
+    ``paper`` (the paper's numbers, ``labkit.paper_numbers``, or None), ``rerun`` (MVProbe's rerun, or None) and
+    ``seconds``.
     """
     from tqdm.auto import tqdm
 
@@ -204,7 +211,7 @@ def probex_model_j(
     C = len(classes)
     Y_train, Y_test = data["train"][1], data["test"][1]
     majority = (Y_train.mean(0, keepdim=True) > 0.5).float().expand_as(Y_test)
-    paper = PAPER.get(subset)
+    paper, rerun = PAPER.get(subset), RERUN.get(subset)
     probex = results.pop("probex")
     seconds["total"] = round(time.perf_counter() - t_start, 3)
     return {
@@ -219,5 +226,6 @@ def probex_model_j(
         "baselines": results or None,
         "majority_baseline": round(100 * float((majority == Y_test).float().mean()), 4),
         "paper": {**paper, "same_layer": paper["layer"] == index, "source": PAPER_SOURCE} if paper else None,
+        "rerun": {**rerun, "same_layer": rerun["layer"] == index, "source": RERUN_SOURCE} if rerun else None,
         "seconds": seconds,
     }
