@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from labkit.safe_io import printable, read_json
+from labkit.tensor_files import read_safetensors
 
 __all__ = ["BatchedLoRA", "adapter_deltas", "check_adapter_config", "lora_delta", "lora_factors",
            "merge_adapter", "peft_config", "read_adapter", "read_adapter_config", "scaled_factors", "target_regex"]
@@ -266,8 +267,6 @@ def read_adapter_config(path: Path) -> dict:
 def read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(adapter_config, adapter state dict)`` of a peft adapter folder (``adapter_config.json`` +
     ``adapter_model.safetensors``; the older ``adapter_model.bin`` is a pickle and is not read)."""
-    from labkit.tensor_files import read_safetensors
-
     folder = Path(folder)
     config = read_adapter_config(folder / ADAPTER_CONFIG)
     weights = folder / ADAPTER_WEIGHTS
