@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import pytest
 import torch
 
 from labkit import plots
@@ -33,3 +34,26 @@ def test_image_figures_draw():
                 plots.probe_figure({"vanilla": torch.randn(20, 1, 8, 8), "coords": torch.rand(30, 2) * 2 - 1})):
         assert fig.axes
         matplotlib.pyplot.close(fig)
+
+
+def test_flow_diagram_draws_boxes_arrows_and_a_loop_and_refuses_bad_input():
+    fig = plots.flow_diagram([("weights", "W [d_out, d_in]"), ("spectrum", "σ(W)", "learned"), ("vote", "1-NN")],
+                             ["svd", "compare"], loop=(1, 2, "repeat"), title="t")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert {"weights", "spectrum", "vote", "svd", "compare", "repeat"} <= set(texts)
+    styles = {p.get_linestyle() for p in fig.axes[0].patches if hasattr(p, "get_boxstyle")}
+    assert len(styles) == 3  # data, learned and decision boxes differ by outline, not colour alone
+    with pytest.raises(ValueError, match="need 2 arrow labels"):
+        plots.flow_diagram([("a", ""), ("b", ""), ("c", "")], ["x"])
+    with pytest.raises(ValueError, match="unknown kind"):
+        plots.flow_diagram([("a", ""), ("b", "", "magic")])
+
+
+def test_lora_update_figure_titles_each_panel_with_its_rank():
+    torch.manual_seed(0)
+    W, A, B = torch.randn(12, 16), torch.randn(2, 16), torch.randn(12, 2)
+    fig = plots.lora_update_figure(W, A, B, alpha=4.0)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[3].endswith("[12, 16], rank 2") and titles[0].endswith("rank 12")
+    with pytest.raises(ValueError, match="do not compose"):
+        plots.lora_update_figure(W, B, A, alpha=4.0)
