@@ -1,4 +1,4 @@
-"""ProbeGen and ProbeX (labs 02, 03): probes as points or images, and text retrieval."""
+"""ProbeGen (lab 03): the probes, as points in the image square or as images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from labkit.plots.images import tile
 
-__all__ = ["probe_figure", "retrieval_figure"]
+__all__ = ["probe_figure"]
 
 def probe_figure(panels: dict, title: str | None = None, max_images: int = 32) -> Figure:
     """Probes side by side, one panel per ``name → probes``: INR coordinates ``[T, 2]`` as points in the
@@ -38,24 +38,5 @@ def probe_figure(panels: dict, title: str | None = None, max_images: int = 32) -
         ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-
-
-
-
-def retrieval_figure(query: str, descriptions, scores, samples: torch.Tensor, nrow: int = 4) -> Figure:
-    """The top-k models a text query retrieves: one sample grid per model, titled with its description and cosine
-    score (lab 02). ``samples: [k, n, H, W]`` in [0, 1]; ``descriptions``, ``scores``: k each."""
-    k = len(descriptions)
-    fig, axes = plt.subplots(1, k, figsize=(2.2 * k, 2.7), squeeze=False)
-    for ax, desc, score, imgs in zip(axes[0], descriptions, scores, samples):
-        grid = tile(imgs, nrow)
-        ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{desc}\ncos {float(score):.2f}", fontsize=8)
-        ax.axis("off")
-    fig.suptitle(f"query: “{query}”", fontsize=10)
     fig.tight_layout()
     return fig
