@@ -80,8 +80,10 @@ test: $(STAMP) state
 	$(BIN)/ruff check labkit tests benchmarks data_scripts notebooks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Loopback only, with Jupyter's generated token (printed in the URL); as root (the usual case in a container)
+# JupyterLab refuses to start without --allow-root, so pass it when the uid is 0.
 jupyter: $(STAMP) state
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 student: $(STAMP) state
 	$(BIN)/labkit student
