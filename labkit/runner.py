@@ -29,7 +29,7 @@ from labkit.report import METRICS_LIMIT
 from labkit.safe_io import printable, read_json, write_json_atomic
 from labkit.session import resolve_profile
 
-__all__ = ["NotebookRun", "default_notebooks", "find_notebooks", "run_notebook"]
+__all__ = ["NotebookRun", "cell_durations", "default_notebooks", "find_notebooks", "run_notebook"]
 
 
 @dataclass
@@ -75,6 +75,18 @@ def find_notebooks(names: list[str]) -> list[Path]:
             raise NotebookError(f"notebook not found: {name!r} (looked in {folder}; give a path, a name such as "
                                 f"04_dsire or a lab number such as 04)")
         out.append(path)
+    return out
+
+
+def cell_durations(executed: Path) -> list[tuple[int, float, str]]:
+    """``(cell index, seconds, first source line)`` of every code cell papermill ran in the executed notebook
+    ``executed`` (papermill records each cell's duration in its metadata); cells it never ran are left out."""
+    nb = read_notebook(executed)
+    out = []
+    for i, cell in enumerate(nb.cells):
+        seconds = (cell.get("metadata", {}).get("papermill") or {}).get("duration")
+        if cell.cell_type == "code" and seconds is not None:
+            out.append((i, float(seconds), _first_line(cell.source)))
     return out
 
 

@@ -8,6 +8,7 @@ import pytest
 from conftest import make_notebook
 
 from labkit.cli import main
+from labkit.runner import cell_durations
 
 pytestmark = pytest.mark.notebook
 
@@ -28,6 +29,10 @@ def test_run_then_report(kit_home, tmp_path):
     metrics = json.loads((tmp_path / "runs" / "smoke" / "00_start_here" / "metrics.json").read_text())
     assert metrics["metrics"]["demo.answer"]["value"] == 42.0 and metrics["profile"] == "smoke"
     assert metrics["device"] == "cpu" and metrics["seconds"] > 0 and metrics["ok"] is True
+    durations = cell_durations(tmp_path / "runs" / "smoke" / "00_start_here.ipynb")  # what bench_course lists
+    assert [line for _, _, line in durations][-2:] == ["import labkit", "labkit.report.record('demo.answer', 6 * 7, paper=42.0)"]
+    assert all(seconds >= 0 for _, seconds, _ in durations)
+    assert "without encryption" not in res.stdout + res.stderr  # the kernel's TCP warning goes to kernel.log
     rep = labkit_cli("report", "--profile", "smoke", cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     last = rep.stdout.strip().splitlines()[-1]
