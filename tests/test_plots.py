@@ -54,6 +54,7 @@ def test_lora_update_figure_titles_each_panel_with_its_rank():
     W, A, B = torch.randn(12, 16), torch.randn(2, 16), torch.randn(12, 2)
     fig = plots.lora_update_figure(W, A, B, alpha=4.0)
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[3].endswith("[12, 16], rank 2") and titles[0].endswith("rank 12")
+    assert titles[2].startswith("ΔW  [12, 16]\nrank 2,") and titles[3].startswith("W (frozen)  [12, 16]\nrank 12,")
+    assert titles[0].startswith("B  [12, 2]\nrank 2") and "values within ±" in titles[5]
     with pytest.raises(ValueError, match="do not compose"):
         plots.lora_update_figure(W, B, A, alpha=4.0)

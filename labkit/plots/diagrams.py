@@ -71,28 +71,32 @@ def flow_diagram(stages: list[tuple[str, str] | tuple[str, str, str]], arrows: l
 
 
 def lora_update_figure(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float, title: str = "") -> Figure:
-    """The LoRA primer: ``W [d_out, d_in]`` + (α/r)·``B [d_out, r]``·``A [r, d_in]`` = the merged weight, each as a
-    heat map titled with its shape and numerical rank (the update's rank is at most r)."""
+    """The LoRA primer in two rows of heat maps: ``B [d_out, r]`` · ``A [r, d_in]`` × (α/r) = ΔW, then
+    ``W [d_out, d_in]`` + ΔW = W' (the merged weight). Each panel's title gives its shape, numerical rank and value
+    range, so nothing is read from colour alone; the update's rank is at most r."""
     W, A, B = (t.detach().float().cpu() for t in (W, A, B))
     r = A.shape[0]
     if B.shape != (W.shape[0], r) or A.shape != (r, W.shape[1]):
         raise ValueError(f"lora_update_figure: W {list(W.shape)}, B {list(B.shape)}, A {list(A.shape)} do not "
                          f"compose as W + B·A")
     delta = alpha / r * B @ A
-    panels = [("W (frozen)", W), (f"B  [{B.shape[0]}×{r}]", B), (f"A  [{r}×{A.shape[1]}]", A),
-              ("ΔW = (α/r)·B·A", delta), ("W + ΔW (merged)", W + delta)]
-    ratios = [W.shape[1], r, A.shape[1], W.shape[1], W.shape[1]]
-    fig, axes = plt.subplots(1, 5, figsize=(13, 3.2), gridspec_kw={"width_ratios": ratios})
-    signs = ["+", "·", "=", "→"]
-    for i, (ax, (name, M)) in enumerate(zip(axes, panels)):
-        lim = M.abs().max().item() or 1.0
-        ax.imshow(M.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
-        rank = int(torch.linalg.matrix_rank(M))  # numerical rank at float32 precision (torch's default tolerance)
-        ax.set_title(f"{name}\n{list(M.shape)}, rank {rank}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i < 4:
-            ax.text(1.04, 0.5, signs[i], transform=ax.transAxes, fontsize=14, ha="left", va="center")
-    fig.suptitle(title or f"a LoRA update: rank ≤ r = {r}, whatever the layer's size (α = {alpha:g})", fontsize=10)
-    fig.tight_layout()
+    rows = [[("B", B), ("A", A), ("ΔW", delta)], [("W (frozen)", W), ("ΔW", delta), ("W' = W + ΔW", W + delta)]]
+    signs = [["·", f"× α/r\n(= {alpha / r:g})  ="], ["+", "="]]
+    fig = plt.figure(figsize=(11, 6.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    d_in = W.shape[1]
+    axes = [top.subplots(1, 3, gridspec_kw={"width_ratios": [max(r, d_in // 4), d_in, d_in], "wspace": 0.25}),
+            bottom.subplots(1, 3, gridspec_kw={"wspace": 0.25})]
+    for row, row_signs, row_axes in zip(rows, signs, axes):
+        for j, (ax, (name, M)) in enumerate(zip(row_axes, row)):
+            lim = M.abs().max().item() or 1.0
+            ax.imshow(M.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+            rank = int(torch.linalg.matrix_rank(M))  # numerical rank at float32 precision (torch's default tolerance)
+            ax.set_title(f"{name}  {list(M.shape)}\nrank {rank}, values within ±{lim:.2g}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < 2:
+                ax.text(1.08, 0.5, row_signs[j], transform=ax.transAxes, fontsize=15, ha="left", va="center")
+    fig.suptitle(title or f"a LoRA update has rank ≤ r = {r}, whatever the layer's size (α = {alpha:g}; red > 0 > "
+                          f"blue)", fontsize=10)
     return fig
